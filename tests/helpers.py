@@ -1,0 +1,104 @@
+"""Helpers for the template's tests: render the working tree with Copier, run the result's tools."""
+
+import os
+import socket
+import subprocess
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from copier import run_copy
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# The answer given for PostgreSQL variants; their tests run on TEST_DATABASE_URL.
+PG_ANSWER_URL = "postgresql://postgres@127.0.0.1:5432/test"
+TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL")
+
+requires_postgresql = pytest.mark.skipif(
+    not TEST_DATABASE_URL, reason="set TEST_DATABASE_URL to run the PostgreSQL checks"
+)
+
+
+def render(dst: Path, **data: Any) -> Path:
+    """Render the template's working tree (uncommitted changes included) into `dst`."""
+    run_copy(
+        str(ROOT), dst, data=data, defaults=True, vcs_ref="HEAD", quiet=True, unsafe=False
+    )
+    return dst
+
+
+def tool_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment for a rendered project's tools: not this suite's virtualenv."""
+    env = {k: v for k, v in os.environ.items() if k not in {"VIRTUAL_ENV", "PYTHONPATH"}}
+    env |= {"UV_PYTHON_DOWNLOADS": "never", "UV_NO_PROGRESS": "1", "NO_COLOR": "1"}
+    env.pop("TEST_DATABASE_URL", None)
+    return env | dict(extra or {})
+
+
+def run(
+    args: Sequence[str], cwd: Path, env: Mapping[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """Run a command in a rendered project; fail the test with its output if it fails."""
+    result = subprocess.run(  # noqa: S603 - the tests' own commands
+        list(args),
+        cwd=cwd,
+        env=tool_env(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert result.returncode == 0, (
+        f"`{' '.join(args)}` failed ({result.returncode}) in {cwd}:\n"
+        f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    )
+    return result
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextmanager
+def serve(project: Path, package: str, env: Mapping[str, str], log: Path) -> Iterator[str]:
+    """Run the project's app under uvicorn on a free loopback port; yield its base URL."""
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    with log.open("w") as output:
+        server = subprocess.Popen(  # noqa: S603 - the tests' own command
+            [
+                str(project / ".venv/bin/uvicorn"),
+                f"{package}.main:app",
+                "--host=127.0.0.1",
+                f"--port={port}",
+                "--no-access-log",
+            ],
+            cwd=project,
+            env=tool_env(env),
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            _wait_until_listening(port, server, log)
+            yield base_url
+        finally:
+            server.terminate()
+            server.wait(timeout=15)
+
+
+def _wait_until_listening(port: int, server: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        assert server.poll() is None, f"the server exited:\n{log.read_text()}"
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    pytest.fail(f"the server did not listen on port {port} within 30 s:\n{log.read_text()}")

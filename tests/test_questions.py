@@ -1,0 +1,158 @@
+"""The questions: defaults, derived values, validators, and where answers end up."""
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from .helpers import PG_ANSWER_URL, render
+
+
+def answers(project: Path) -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load((project / ".copier-answers.yml").read_text())
+    return loaded
+
+
+def test_defaults_render_a_sqlite_project(tmp_path: Path) -> None:
+    project = render(tmp_path / "p")
+
+    for path in (
+        "pyproject.toml",
+        "README.md",
+        ".gitignore",
+        ".env",
+        "src/cities_service/main.py",
+        "src/cities_service/__main__.py",
+        "tests/conftest.py",
+    ):
+        assert (project / path).is_file(), path
+    assert answers(project) | {"_commit": None, "_src_path": None} == {
+        "_commit": None,
+        "_src_path": None,
+        "project_name": "Cities Service",
+        "package_name": "cities_service",
+        "database_url": "sqlite+aiosqlite:///./cities.db",
+        "session_style": "plain",
+    }
+    config = (project / "src/cities_service/config.py").read_text()
+    assert 'database_url: str = "sqlite+aiosqlite:///./cities.db"' in config
+
+
+@pytest.mark.parametrize(
+    ("project_name", "package_name"),
+    [("Cities Service", "cities_service"), ("  My Cool-Service 2 ", "my_cool_service_2")],
+)
+def test_package_name_is_derived_from_project_name(
+    tmp_path: Path, project_name: str, package_name: str
+) -> None:
+    project = render(tmp_path / "p", project_name=project_name)
+
+    assert answers(project)["package_name"] == package_name
+    assert (project / "src" / package_name / "main.py").is_file()
+
+
+@pytest.mark.parametrize(
+    ("url", "rendered"),
+    [
+        ("postgres://app@db.internal/cities", "postgresql+asyncpg://app@db.internal/cities"),
+        ("postgresql://app@db:5433/cities", "postgresql+asyncpg://app@db:5433/cities"),
+        ("postgresql+asyncpg://app@[::1]/cities", "postgresql+asyncpg://app@[::1]/cities"),
+        ("sqlite+aiosqlite:////var/lib/cities.db", "sqlite+aiosqlite:////var/lib/cities.db"),
+    ],
+)
+def test_database_url_is_rendered_with_the_async_driver(
+    tmp_path: Path, url: str, rendered: str
+) -> None:
+    project = render(tmp_path / "p", database_url=url)
+
+    config = (project / "src/cities_service/config.py").read_text()
+    assert f'database_url: str = "{rendered}"' in config
+
+
+def test_postgresql_answers_become_setting_defaults(tmp_path: Path) -> None:
+    project = render(
+        tmp_path / "p",
+        database_url=PG_ANSWER_URL,
+        pool_size=7,
+        max_overflow=0,
+        pool_timeout=2.5,
+        pool_pre_ping=False,
+        db_schema="cities",
+        session_style="scoped",
+    )
+
+    config = (project / "src/cities_service/config.py").read_text()
+    for line in (
+        "db_pool_size: int = Field(default=7,",
+        "db_max_overflow: int = Field(default=0,",
+        "db_pool_timeout: float = Field(default=2.5,",
+        "db_pool_pre_ping: bool = False",
+        'db_schema: str = Field(default="cities",',
+    ):
+        assert line in config
+    assert "async_scoped_session" in (project / "src/cities_service/database.py").read_text()
+
+
+def test_password_goes_only_to_the_gitignored_env(tmp_path: Path) -> None:
+    password = "s3cret'pa$$ w#rd\\"  # noqa: S105 - a test value
+    project = render(tmp_path / "p", database_url=PG_ANSWER_URL, database_password=password)
+
+    tracked = [
+        path for path in project.rglob("*") if path.is_file() and path.name != ".env"
+    ]
+    assert all(password not in path.read_text() for path in tracked)
+    assert "database_password" not in answers(project)
+    env = (project / ".env").read_text()
+    assert "DB_PASSWORD='s3cret\\'pa$$ w#rd\\\\'" in env
+    subprocess.run(["git", "init", "-q"], cwd=project, check=True)  # noqa: S607
+    ignored = subprocess.run(["git", "check-ignore", ".env"], cwd=project, check=False)  # noqa: S607
+    assert ignored.returncode == 0, ".env must be gitignored"
+
+
+BAD_ANSWERS = [
+    ({"package_name": "1cities"}, "not a valid package name"),
+    ({"package_name": "Cities"}, "not a valid package name"),
+    ({"package_name": "my-cities"}, "not a valid package name"),
+    ({"package_name": "class"}, "Python keyword"),
+    ({"package_name": "fastapi"}, "name of a dependency"),
+    ({"project_name": "  "}, "must not be empty"),
+    ({"database_url": "mysql://app@db/cities"}, "Unsupported database URL"),
+    ({"database_url": "postgresql+psycopg://app@db/cities"}, "Unsupported database URL"),
+    ({"database_url": "sqlite:///cities.db"}, "Unsupported database URL"),
+    ({"database_url": "cities.db"}, "Unsupported database URL"),
+    ({"database_url": "postgresql://app:hunter2@db/cities"}, "must not contain a password"),
+    ({"database_url": "postgresql+asyncpg://app:@db/cities"}, "must not contain a password"),
+    ({"database_url": "postgresql://db"}, "Malformed PostgreSQL URL"),
+    ({"database_url": "postgresql://app@/cities"}, "Malformed PostgreSQL URL"),
+    ({"database_url": "postgresql://app@db/cities; DROP TABLE x"}, "must not contain spaces"),
+    ({"database_url": "postgresql://app@db/$(reboot)"}, "Malformed PostgreSQL URL"),
+    ({"database_url": "sqlite+aiosqlite:///`reboot`.db"}, "Malformed SQLite URL"),
+    ({"database_url": "sqlite+aiosqlite://cities.db"}, "Malformed SQLite URL"),
+    ({"pool_size": 0}, "pool size must be between 1 and 1000"),
+    ({"pool_size": 1001}, "pool size must be between 1 and 1000"),
+    ({"max_overflow": -1}, "max overflow must be between 0 and 1000"),
+    ({"pool_timeout": 0}, "greater than 0"),
+    ({"db_schema": "Cities"}, "not a valid schema name"),
+    ({"db_schema": "1cities"}, "not a valid schema name"),
+    ({"db_schema": "x; DROP TABLE cities"}, "not a valid schema name"),
+    ({"db_schema": 'x"; DROP TABLE cities; --'}, "not a valid schema name"),
+    ({"db_schema": "$(reboot)"}, "not a valid schema name"),
+    ({"db_schema": "a" * 64}, "not a valid schema name"),
+    ({"db_schema": "pg_cities"}, "reserved by PostgreSQL"),
+    ({"session_style": "threadlocal"}, "'threadlocal' is not in ['plain', 'scoped']"),
+]
+
+
+@pytest.mark.parametrize(("data", "message"), BAD_ANSWERS)
+def test_bad_answers_are_refused_with_a_clear_message(
+    tmp_path: Path, data: dict[str, Any], message: str
+) -> None:
+    answers_ = {"database_url": PG_ANSWER_URL} | data
+
+    with pytest.raises(ValueError, match="Validation error|Invalid choice") as refused:
+        render(tmp_path / "p", **answers_)
+
+    assert message in str(refused.value)
+    assert not (tmp_path / "p").exists()

@@ -1,0 +1,111 @@
+"""Render each variant, then run its lint, type checks and test suite, on SQLite and PostgreSQL."""
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from .helpers import PG_ANSWER_URL, TEST_DATABASE_URL, render, requires_postgresql, run, serve
+from .postgres import fetch, scratch_database
+
+VARIANTS = {
+    "sqlite-plain": {},
+    "sqlite-scoped": {"session_style": "scoped"},
+    "postgresql-plain-schema": {"database_url": PG_ANSWER_URL, "db_schema": "cities"},
+    "postgresql-scoped": {"database_url": PG_ANSWER_URL, "session_style": "scoped"},
+    "postgresql-scoped-schema": {
+        "database_url": PG_ANSWER_URL,
+        "db_schema": "cities",
+        "session_style": "scoped",
+    },
+}
+
+pytestmark = pytest.mark.render
+
+
+@pytest.fixture(
+    scope="module",
+    params=[pytest.param(name, marks=pytest.mark.xdist_group(name)) for name in VARIANTS],
+)
+def project(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A rendered variant with its dependencies installed (from the shared uv cache)."""
+    name: str = request.param
+    project = render(tmp_path_factory.mktemp(name) / "project", **VARIANTS[name])
+    run(["uv", "sync"], project)
+    return project
+
+
+def test_lint(project: Path) -> None:
+    run(["uv", "run", "--no-sync", "ruff", "check"], project)
+    run(["uv", "run", "--no-sync", "ruff", "format", "--check"], project)
+
+
+def test_types(project: Path) -> None:
+    run(["uv", "run", "--no-sync", "mypy"], project)
+
+
+def test_suite_on_sqlite(project: Path) -> None:
+    result = run(["uv", "run", "--no-sync", "pytest", "-q", "-p", "no:cacheprovider"], project)
+    assert " passed" in result.stdout
+    assert "skipped" not in result.stdout
+
+
+@requires_postgresql
+def test_suite_on_postgresql(project: Path) -> None:
+    assert TEST_DATABASE_URL
+    result = run(
+        ["uv", "run", "--no-sync", "pytest", "-q", "-p", "no:cacheprovider"],
+        project,
+        env={"TEST_DATABASE_URL": TEST_DATABASE_URL},
+    )
+    assert " passed" in result.stdout
+
+
+@pytest.fixture
+def database_url(project: Path, tmp_path: Path) -> Iterator[str]:
+    """A database of the test's own, of the variant's kind: PostgreSQL, or a SQLite file."""
+    if "postgresql" not in (project / ".copier-answers.yml").read_text():
+        yield f"sqlite+aiosqlite:///{tmp_path / 'cities.db'}"
+        return
+    if not TEST_DATABASE_URL:
+        pytest.skip("set TEST_DATABASE_URL to serve the PostgreSQL variants")
+    with scratch_database(TEST_DATABASE_URL) as url:
+        yield url
+
+
+def test_served_app_answers_the_contract(project: Path, database_url: str, tmp_path: Path) -> None:
+    """`init-db`, then the app under uvicorn: endpoints, status codes, and where the tables are."""
+    answers = yaml.safe_load((project / ".copier-answers.yml").read_text())
+    env = {"DATABASE_URL": database_url}
+    cli = [str(project / ".venv/bin/python"), "-m", "cities_service", "init-db"]
+    assert "ready" in run(cli, project, env).stdout
+    run(cli, project, env)  # idempotent
+
+    with serve(project, "cities_service", env, tmp_path / "server.log") as base_url:
+        with httpx.Client(base_url=base_url, timeout=10) as client:
+            assert client.get("/health").json() == {"status": "ok"}
+            lyon = client.post("/cities", json={"name": "Lyon", "population": 522_250})
+            assert lyon.status_code == 201
+            assert client.post("/cities", json={"name": "Lyon", "population": 1}).status_code == 409
+            assert client.post("/cities", json={"name": "", "population": 1}).status_code == 422
+            paris = client.post("/cities", json={"name": "Paris", "population": 2_102_650})
+            biggest = client.get("/cities/biggest", params={"limit": 2})
+            assert biggest.json() == [paris.json(), lyon.json()]
+            assert client.get("/cities/biggest", params={"limit": 0}).status_code == 422
+
+    if database_url.startswith("postgresql"):
+        schema = answers.get("db_schema") or "public"
+        tables = fetch(
+            database_url,
+            "SELECT table_schema, table_name FROM information_schema.tables"
+            " WHERE table_schema NOT IN ('pg_catalog', 'information_schema')",
+        )
+        assert [tuple(table) for table in tables] == [(schema, "cities")]
+        sessions = fetch(
+            TEST_DATABASE_URL or "",
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1",
+            database_url.rsplit("/", 1)[1],
+        )
+        assert sessions[0][0] == 0, "the engine was not disposed at shutdown"
