@@ -25,9 +25,7 @@ requires_postgresql = pytest.mark.skipif(
 
 def render(dst: Path, **data: Any) -> Path:
     """Render the template's working tree (uncommitted changes included) into `dst`."""
-    run_copy(
-        str(ROOT), dst, data=data, defaults=True, vcs_ref="HEAD", quiet=True, unsafe=False
-    )
+    run_copy(str(ROOT), dst, data=data, defaults=True, vcs_ref="HEAD", quiet=True, unsafe=False)
     return dst
 
 
@@ -43,7 +41,7 @@ def run(
     args: Sequence[str], cwd: Path, env: Mapping[str, str] | None = None, timeout: float = 300
 ) -> subprocess.CompletedProcess[str]:
     """Run a command in a rendered project; fail the test with its output if it fails."""
-    result = subprocess.run(  # noqa: S603 - the tests' own commands
+    result = subprocess.run(
         list(args),
         cwd=cwd,
         env=tool_env(env),
@@ -72,7 +70,7 @@ def serve(project: Path, package: str, env: Mapping[str, str], log: Path) -> Ite
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"
     with log.open("w") as output:
-        server = subprocess.Popen(  # noqa: S603 - the tests' own command
+        server = subprocess.Popen(
             [
                 str(project / ".venv/bin/uvicorn"),
                 f"{package}.main:app",

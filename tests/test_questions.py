@@ -96,18 +96,16 @@ def test_postgresql_answers_become_setting_defaults(tmp_path: Path) -> None:
 
 
 def test_password_goes_only_to_the_gitignored_env(tmp_path: Path) -> None:
-    password = "s3cret'pa$$ w#rd\\"  # noqa: S105 - a test value
+    password = "s3cret'pa$$ w#rd\\"
     project = render(tmp_path / "p", database_url=PG_ANSWER_URL, database_password=password)
 
-    tracked = [
-        path for path in project.rglob("*") if path.is_file() and path.name != ".env"
-    ]
+    tracked = [path for path in project.rglob("*") if path.is_file() and path.name != ".env"]
     assert all(password not in path.read_text() for path in tracked)
     assert "database_password" not in answers(project)
     env = (project / ".env").read_text()
     assert "DB_PASSWORD='s3cret\\'pa$$ w#rd\\\\'" in env
-    subprocess.run(["git", "init", "-q"], cwd=project, check=True)  # noqa: S607
-    ignored = subprocess.run(["git", "check-ignore", ".env"], cwd=project, check=False)  # noqa: S607
+    subprocess.run(["git", "init", "-q"], cwd=project, check=True)
+    ignored = subprocess.run(["git", "check-ignore", ".env"], cwd=project, check=False)
     assert ignored.returncode == 0, ".env must be gitignored"
 
 
@@ -151,7 +149,7 @@ def test_bad_answers_are_refused_with_a_clear_message(
 ) -> None:
     answers_ = {"database_url": PG_ANSWER_URL} | data
 
-    with pytest.raises(ValueError, match="Validation error|Invalid choice") as refused:
+    with pytest.raises(ValueError, match=r"Validation error|Invalid choice") as refused:
         render(tmp_path / "p", **answers_)
 
     assert message in str(refused.value)

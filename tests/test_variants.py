@@ -83,17 +83,19 @@ def test_served_app_answers_the_contract(project: Path, database_url: str, tmp_p
     assert "ready" in run(cli, project, env).stdout
     run(cli, project, env)  # idempotent
 
-    with serve(project, "cities_service", env, tmp_path / "server.log") as base_url:
-        with httpx.Client(base_url=base_url, timeout=10) as client:
-            assert client.get("/health").json() == {"status": "ok"}
-            lyon = client.post("/cities", json={"name": "Lyon", "population": 522_250})
-            assert lyon.status_code == 201
-            assert client.post("/cities", json={"name": "Lyon", "population": 1}).status_code == 409
-            assert client.post("/cities", json={"name": "", "population": 1}).status_code == 422
-            paris = client.post("/cities", json={"name": "Paris", "population": 2_102_650})
-            biggest = client.get("/cities/biggest", params={"limit": 2})
-            assert biggest.json() == [paris.json(), lyon.json()]
-            assert client.get("/cities/biggest", params={"limit": 0}).status_code == 422
+    with (
+        serve(project, "cities_service", env, tmp_path / "server.log") as base_url,
+        httpx.Client(base_url=base_url, timeout=10) as client,
+    ):
+        assert client.get("/health").json() == {"status": "ok"}
+        lyon = client.post("/cities", json={"name": "Lyon", "population": 522_250})
+        assert lyon.status_code == 201
+        assert client.post("/cities", json={"name": "Lyon", "population": 1}).status_code == 409
+        assert client.post("/cities", json={"name": "", "population": 1}).status_code == 422
+        paris = client.post("/cities", json={"name": "Paris", "population": 2_102_650})
+        biggest = client.get("/cities/biggest", params={"limit": 2})
+        assert biggest.json() == [paris.json(), lyon.json()]
+        assert client.get("/cities/biggest", params={"limit": 0}).status_code == 422
 
     if database_url.startswith("postgresql"):
         schema = answers.get("db_schema") or "public"
