@@ -17,6 +17,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # The answer given for PostgreSQL variants; their tests run on TEST_DATABASE_URL.
 PG_ANSWER_URL = "postgresql://postgres@127.0.0.1:5432/test"
 TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL")
+# `uv run` tells its children where uv is; the same uv renders and runs the variants.
+UV = os.environ.get("UV", "uv")
 
 requires_postgresql = pytest.mark.skipif(
     not TEST_DATABASE_URL, reason="set TEST_DATABASE_URL to run the PostgreSQL checks"

@@ -7,7 +7,7 @@ import httpx
 import pytest
 import yaml
 
-from .helpers import PG_ANSWER_URL, TEST_DATABASE_URL, render, requires_postgresql, run, serve
+from .helpers import PG_ANSWER_URL, TEST_DATABASE_URL, UV, render, requires_postgresql, run, serve
 from .postgres import fetch, scratch_database
 
 VARIANTS = {
@@ -33,21 +33,21 @@ def project(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     """A rendered variant with its dependencies installed (from the shared uv cache)."""
     name: str = request.param
     project = render(tmp_path_factory.mktemp(name) / "project", **VARIANTS[name])
-    run(["uv", "sync"], project)
+    run([UV, "sync"], project)
     return project
 
 
 def test_lint(project: Path) -> None:
-    run(["uv", "run", "--no-sync", "ruff", "check"], project)
-    run(["uv", "run", "--no-sync", "ruff", "format", "--check"], project)
+    run([UV, "run", "--no-sync", "ruff", "check"], project)
+    run([UV, "run", "--no-sync", "ruff", "format", "--check"], project)
 
 
 def test_types(project: Path) -> None:
-    run(["uv", "run", "--no-sync", "mypy"], project)
+    run([UV, "run", "--no-sync", "mypy"], project)
 
 
 def test_suite_on_sqlite(project: Path) -> None:
-    result = run(["uv", "run", "--no-sync", "pytest", "-q", "-p", "no:cacheprovider"], project)
+    result = run([UV, "run", "--no-sync", "pytest", "-q", "-p", "no:cacheprovider"], project)
     assert " passed" in result.stdout
     assert "skipped" not in result.stdout
 
@@ -56,7 +56,7 @@ def test_suite_on_sqlite(project: Path) -> None:
 def test_suite_on_postgresql(project: Path) -> None:
     assert TEST_DATABASE_URL
     result = run(
-        ["uv", "run", "--no-sync", "pytest", "-q", "-p", "no:cacheprovider"],
+        [UV, "run", "--no-sync", "pytest", "-q", "-p", "no:cacheprovider"],
         project,
         env={"TEST_DATABASE_URL": TEST_DATABASE_URL},
     )
@@ -79,9 +79,9 @@ def test_served_app_answers_the_contract(project: Path, database_url: str, tmp_p
     """`init-db`, then the app under uvicorn: endpoints, status codes, and where the tables are."""
     answers = yaml.safe_load((project / ".copier-answers.yml").read_text())
     env = {"DATABASE_URL": database_url}
-    cli = [str(project / ".venv/bin/python"), "-m", "cities_service", "init-db"]
-    assert "ready" in run(cli, project, env).stdout
-    run(cli, project, env)  # idempotent
+    python_m = [str(project / ".venv/bin/python"), "-m", "cities_service", "init-db"]
+    assert "ready" in run(python_m, project, env).stdout
+    run([str(project / ".venv/bin/cities-service"), "init-db"], project, env)  # idempotent
 
     with (
         serve(project, "cities_service", env, tmp_path / "server.log") as base_url,
