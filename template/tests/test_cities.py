@@ -61,17 +61,30 @@ async def test_invalid_body_is_422_and_writes_nothing(
     assert (await client.get("/cities/biggest")).json() == []
 
 
-async def test_malformed_json_is_422(client: AsyncClient) -> None:
-    response = await client.post(
-        "/cities", content=b'{"name": "Lyon",', headers={"content-type": "application/json"}
-    )
+@pytest.mark.parametrize(
+    ("content", "content_type"),
+    [
+        (b'{"name": "Lyon",', "application/json"),
+        (b'{"name": "\\ud800", "population": 1}', "application/json"),
+        (b"[1, 2]", "application/json"),
+        (b'{"name": "Lyon", "population": 1}', "text/plain"),
+        (b"name=Lyon&population=1", "application/x-www-form-urlencoded"),
+    ],
+)
+async def test_malformed_or_mistyped_body_is_422(
+    client: AsyncClient, content: bytes, content_type: str
+) -> None:
+    response = await client.post("/cities", content=content, headers={"content-type": content_type})
 
     assert response.status_code == 422
+    assert response.json()["detail"]
+    assert (await client.get("/cities/biggest")).json() == []
 
 
-async def test_name_limits(client: AsyncClient) -> None:
+async def test_name_and_population_limits(client: AsyncClient) -> None:
     assert (await create(client, "x" * 100, 0))["name"] == "x" * 100
     assert (await create(client, "  São Paulo  ", 12_325_232))["name"] == "São Paulo"
+    assert (await create(client, "東京都 🗼", 2**63 - 1))["population"] == 2**63 - 1
 
 
 async def test_biggest_orders_by_population_then_id(client: AsyncClient) -> None:

@@ -1,9 +1,13 @@
-"""Database outages and pool exhaustion become `503 Service Unavailable` with `Retry-After`."""
+"""Error responses: database outages and pool exhaustion become `503` with `Retry-After`, and
+invalid requests a `422` that can always be encoded."""
 
+import json
 import logging
 from typing import Any, Final
 
 from fastapi import FastAPI, Request, status
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import exc
 
@@ -41,6 +45,24 @@ async def database_unavailable(request: Request, error: Exception) -> JSONRespon
     )
 
 
+class AsciiJSONResponse(JSONResponse):
+    """JSON with every non-ASCII character escaped, so that any Python string can be sent."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+
+
+async def invalid_request(request: Request, error: Exception) -> JSONResponse:
+    """FastAPI's 422, safe to send even when it echoes input that UTF-8 cannot encode."""
+    if not isinstance(error, RequestValidationError):
+        raise error
+    return AsciiJSONResponse(
+        {"detail": jsonable_encoder(error.errors())},
+        status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
+    )
+
+
 def add_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, invalid_request)
     for error in (exc.DBAPIError, exc.TimeoutError, OSError, TimeoutError):
         app.add_exception_handler(error, database_unavailable)
