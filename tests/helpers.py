@@ -13,9 +13,25 @@ import pytest
 from copier import run_copy
 
 ROOT = Path(__file__).resolve().parent.parent
+PROBE_SERVER = Path(__file__).resolve().parent / "probe_server.py"
+# The package of every rendered project (the default answer).
+PACKAGE = "cities_service"
 
 # The answer given for PostgreSQL variants; their tests run on TEST_DATABASE_URL.
 PG_ANSWER_URL = "postgresql://postgres@127.0.0.1:5432/test"
+
+# The variants the suite renders and runs, by name.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "sqlite-plain": {},
+    "sqlite-scoped": {"session_style": "scoped"},
+    "postgresql-plain-schema": {"database_url": PG_ANSWER_URL, "db_schema": "cities"},
+    "postgresql-scoped": {"database_url": PG_ANSWER_URL, "session_style": "scoped"},
+    "postgresql-scoped-schema": {
+        "database_url": PG_ANSWER_URL,
+        "db_schema": "cities",
+        "session_style": "scoped",
+    },
+}
 TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL")
 # `uv run` tells its children where uv is; the same uv renders and runs the variants.
 UV = os.environ.get("UV", "uv")
@@ -23,6 +39,12 @@ UV = os.environ.get("UV", "uv")
 requires_postgresql = pytest.mark.skipif(
     not TEST_DATABASE_URL, reason="set TEST_DATABASE_URL to run the PostgreSQL checks"
 )
+
+
+def variant_param(name: str) -> Any:
+    """A pytest parameter for a variant: all tests of one variant run on one xdist worker, which
+    renders and installs it once."""
+    return pytest.param(name, marks=pytest.mark.xdist_group(name), id=name)
 
 
 def render(dst: Path, **data: Any) -> Path:
@@ -67,27 +89,31 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve(project: Path, package: str, env: Mapping[str, str], log: Path) -> Iterator[str]:
-    """Run the project's app under uvicorn on a free loopback port; yield its base URL."""
+def serve(
+    project: Path, env: Mapping[str, str], log: Path, *, probe: bool = False
+) -> Iterator[str]:
+    """Run the project's app under uvicorn on a free loopback port; yield its base URL.
+
+    With `probe`, the app also answers `GET /_probe/pool` (see probe_server.py).
+    """
     port = free_port()
-    base_url = f"http://127.0.0.1:{port}"
+    if probe:
+        command = [str(project / ".venv/bin/python"), str(PROBE_SERVER), PACKAGE, str(port)]
+    else:
+        command = [
+            str(project / ".venv/bin/uvicorn"),
+            f"{PACKAGE}.main:app",
+            "--host=127.0.0.1",
+            f"--port={port}",
+            "--no-access-log",
+        ]
     with log.open("w") as output:
         server = subprocess.Popen(
-            [
-                str(project / ".venv/bin/uvicorn"),
-                f"{package}.main:app",
-                "--host=127.0.0.1",
-                f"--port={port}",
-                "--no-access-log",
-            ],
-            cwd=project,
-            env=tool_env(env),
-            stdout=output,
-            stderr=subprocess.STDOUT,
+            command, cwd=project, env=tool_env(env), stdout=output, stderr=subprocess.STDOUT
         )
         try:
             _wait_until_listening(port, server, log)
-            yield base_url
+            yield f"http://127.0.0.1:{port}"
         finally:
             server.terminate()
             server.wait(timeout=15)

@@ -15,18 +15,23 @@ def with_database(url: str, database: str) -> str:
     return urlsplit(url)._replace(path=f"/{database}").geturl()
 
 
-def fetch(url: str, query: str, *args: Any) -> list[asyncpg.Record]:
+def dsn(url: str) -> str:
+    """The libpq connection string of a SQLAlchemy URL, for asyncpg."""
+    return urlsplit(url)._replace(scheme="postgresql").geturl()
+
+
+async def fetch_async(url: str, query: str, *args: Any) -> list[asyncpg.Record]:
     """Run one query on the database of `url` and return its rows."""
+    connection = await asyncpg.connect(dsn(url))
+    try:
+        return await connection.fetch(query, *args)
+    finally:
+        await connection.close()
 
-    async def _fetch() -> list[asyncpg.Record]:
-        dsn = urlsplit(url)._replace(scheme="postgresql").geturl()
-        connection = await asyncpg.connect(dsn)
-        try:
-            return await connection.fetch(query, *args)
-        finally:
-            await connection.close()
 
-    return asyncio.run(_fetch())
+def fetch(url: str, query: str, *args: Any) -> list[asyncpg.Record]:
+    """`fetch_async`, from synchronous code."""
+    return asyncio.run(fetch_async(url, query, *args))
 
 
 @contextmanager

@@ -1,40 +1,30 @@
 """Render each variant, then run its lint, type checks and test suite, on SQLite and PostgreSQL."""
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 import yaml
 
-from .helpers import PG_ANSWER_URL, TEST_DATABASE_URL, UV, render, requires_postgresql, run, serve
+from .helpers import (
+    PACKAGE,
+    TEST_DATABASE_URL,
+    UV,
+    VARIANTS,
+    requires_postgresql,
+    run,
+    serve,
+    variant_param,
+)
 from .postgres import fetch, scratch_database
-
-VARIANTS = {
-    "sqlite-plain": {},
-    "sqlite-scoped": {"session_style": "scoped"},
-    "postgresql-plain-schema": {"database_url": PG_ANSWER_URL, "db_schema": "cities"},
-    "postgresql-scoped": {"database_url": PG_ANSWER_URL, "session_style": "scoped"},
-    "postgresql-scoped-schema": {
-        "database_url": PG_ANSWER_URL,
-        "db_schema": "cities",
-        "session_style": "scoped",
-    },
-}
 
 pytestmark = pytest.mark.render
 
 
-@pytest.fixture(
-    scope="module",
-    params=[pytest.param(name, marks=pytest.mark.xdist_group(name)) for name in VARIANTS],
-)
-def project(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A rendered variant with its dependencies installed (from the shared uv cache)."""
-    name: str = request.param
-    project = render(tmp_path_factory.mktemp(name) / "project", **VARIANTS[name])
-    run([UV, "sync"], project)
-    return project
+@pytest.fixture(params=[variant_param(name) for name in VARIANTS])
+def project(request: pytest.FixtureRequest, installed_variant: Callable[[str], Path]) -> Path:
+    return installed_variant(request.param)
 
 
 def test_lint(project: Path) -> None:
@@ -79,12 +69,12 @@ def test_served_app_answers_the_contract(project: Path, database_url: str, tmp_p
     """`init-db`, then the app under uvicorn: endpoints, status codes, and where the tables are."""
     answers = yaml.safe_load((project / ".copier-answers.yml").read_text())
     env = {"DATABASE_URL": database_url}
-    python_m = [str(project / ".venv/bin/python"), "-m", "cities_service", "init-db"]
+    python_m = [str(project / ".venv/bin/python"), "-m", PACKAGE, "init-db"]
     assert "ready" in run(python_m, project, env).stdout
     run([str(project / ".venv/bin/cities-service"), "init-db"], project, env)  # idempotent
 
     with (
-        serve(project, "cities_service", env, tmp_path / "server.log") as base_url,
+        serve(project, env, tmp_path / "server.log") as base_url,
         httpx.Client(base_url=base_url, timeout=10) as client,
     ):
         assert client.get("/health").json() == {"status": "ok"}

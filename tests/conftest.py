@@ -1,0 +1,23 @@
+"""Fixtures shared by the template's tests."""
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from .helpers import UV, VARIANTS, render, run
+
+
+@pytest.fixture(scope="session")
+def installed_variant(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """Render a variant and `uv sync` it (from the shared uv cache), once per worker."""
+    projects: dict[str, Path] = {}
+
+    def installed(name: str) -> Path:
+        if name not in projects:
+            project = render(tmp_path_factory.mktemp(name) / "project", **VARIANTS[name])
+            run([UV, "sync"], project)
+            projects[name] = project
+        return projects[name]
+
+    return installed
