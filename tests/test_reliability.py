@@ -322,8 +322,9 @@ def test_no_leaks_after_mixed_load_and_hang_ups(
             *(post(app, body, "application/json") for body in valid[:20]),
             *(post(app, body, content_type) for body, content_type in HOSTILE_BODIES),
         )
-        assert statuses[: len(valid)] == [201] * len(valid)
-        assert statuses[len(valid) : len(valid) + 20] == [409] * 20
+        # Each of the 20 names sent twice at once: one request wins (201), the other gets 409.
+        creations = collections.Counter(statuses[: len(valid) + 20])
+        assert creations == {201: len(valid), 409: 20}
         assert {status // 100 for status in statuses[len(valid) + 20 :]} == {4}
         assert await app.settled_pool() == SETTLED
         gone = {f"Gone {i}" for i in range(10)}  # their requests ran to the end all the same
