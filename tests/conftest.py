@@ -21,3 +21,9 @@ def installed_variant(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str
         return projects[name]
 
     return installed
+
+
+@pytest.fixture(scope="session")
+def mypy_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One mypy cache per worker: the variants share their third-party modules' analysis."""
+    return tmp_path_factory.mktemp("mypy-cache")
