@@ -3,8 +3,10 @@ invalid requests a `422` that can always be encoded."""
 
 import json
 import logging
+from collections.abc import Iterator
 from typing import Any, Final
 
+import asyncpg
 from fastapi import FastAPI, Request, status
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
@@ -23,15 +25,36 @@ DATABASE_UNAVAILABLE: Final[dict[int | str, dict[str, Any]]] = {
 }
 
 
-def is_unavailable(error: Exception) -> bool:
+# SQLSTATE classes of a server that cannot take work: connection exceptions (08), insufficient
+# resources such as too many connections (53), shutdown or start-up in progress (57P).
+UNAVAILABLE_SQLSTATES: Final = ("08", "53", "57P")
+
+
+def is_unavailable(error: BaseException) -> bool:
     """Whether `error` means that the database is out of reach (rather than a bug or bad data)."""
+    return any(_means_unavailable(cause) for cause in _causes(error))
+
+
+def _causes(error: BaseException) -> Iterator[BaseException]:
+    """`error`, then what caused it: SQLAlchemy's error wraps the driver's, which may wrap more."""
+    cause: BaseException | None = error
+    while cause is not None:
+        yield cause
+        cause = cause.__cause__
+
+
+def _means_unavailable(error: BaseException) -> bool:
     if isinstance(error, exc.DBAPIError):
         return error.connection_invalidated or isinstance(
             error, exc.OperationalError | exc.InterfaceError
         )
-    # Pool exhausted (`sqlalchemy.exc.TimeoutError`), connection refused or reset (`OSError`),
-    # or connect timed out (`TimeoutError`).
-    return isinstance(error, exc.TimeoutError | OSError | TimeoutError)
+    # Pool exhausted, connection refused or reset, connect timed out, connection lost mid-query.
+    if isinstance(
+        error, exc.TimeoutError | OSError | TimeoutError | asyncpg.ConnectionDoesNotExistError
+    ):
+        return True
+    sqlstate = getattr(error, "sqlstate", None)
+    return isinstance(sqlstate, str) and sqlstate.startswith(UNAVAILABLE_SQLSTATES)
 
 
 async def database_unavailable(request: Request, error: Exception) -> JSONResponse:
