@@ -29,7 +29,11 @@ pytestmark = [
     pytest.mark.skipif(not TEST_DATABASE_URL, reason="needs TEST_DATABASE_URL (PostgreSQL)"),
 ]
 
-RELIABILITY_VARIANTS = ["postgresql-plain-schema", "postgresql-scoped-schema", "postgresql-scoped"]
+# Both session styles with a schema; the races and leaks also without one.
+BOTH_STYLES = [
+    variant_param(name) for name in ["postgresql-plain-schema", "postgresql-scoped-schema"]
+]
+ALL_VARIANTS = [*BOTH_STYLES, variant_param("postgresql-scoped")]
 
 # A request slower than this counts as a hang (the pool and connect timeouts are far below it).
 HANG_SECONDS = 10
@@ -76,8 +80,9 @@ def answered_schema(project: Path) -> str:
     return schema
 
 
-@pytest.fixture(params=[variant_param(name) for name in RELIABILITY_VARIANTS])
+@pytest.fixture
 def project(request: pytest.FixtureRequest, installed_variant: Callable[[str], Path]) -> Path:
+    """The variant that the test is parametrized with (`indirect`)."""
     return installed_variant(request.param)
 
 
@@ -127,6 +132,7 @@ def assert_no_tracebacks(log: Path) -> None:
     assert "Traceback" not in text, text[-3000:]
 
 
+@pytest.mark.parametrize("project", ALL_VARIANTS, indirect=True)
 def test_duplicate_race_and_schema_after_rollbacks(
     project: Path, database_url: str, tmp_path: Path
 ) -> None:
@@ -164,6 +170,7 @@ def test_duplicate_race_and_schema_after_rollbacks(
     assert_no_tracebacks(log)
 
 
+@pytest.mark.parametrize("project", BOTH_STYLES, indirect=True)
 def test_exhausted_pool_answers_503_then_recovers(
     project: Path, database_url: str, tmp_path: Path, record_property: Callable[[str, Any], None]
 ) -> None:
@@ -203,6 +210,7 @@ def test_exhausted_pool_answers_503_then_recovers(
     assert_no_tracebacks(log)
 
 
+@pytest.mark.parametrize("project", BOTH_STYLES, indirect=True)
 @pytest.mark.parametrize("pre_ping", ["true", "false"])
 def test_outage_answers_503_quickly_then_recovers(
     project: Path,
@@ -211,7 +219,7 @@ def test_outage_answers_503_quickly_then_recovers(
     pre_ping: str,
     record_property: Callable[[str, Any], None],
 ) -> None:
-    """Cut every connection mid-load and refuse new ones for 2 s, then restore: meanwhile 503s
+    """Cut every connection mid-load and refuse new ones for 1.5 s, then restore: meanwhile 503s
     (health too), quickly, never a 500 or a hang; afterwards the app recovers by itself.
 
     With pre-ping, even connections that died unnoticed in the pool cost no request; without
@@ -231,12 +239,12 @@ def test_outage_answers_503_quickly_then_recovers(
                 results.append((start, response.status, response.latency))
             return results
 
-        loaders = [asyncio.create_task(load(time.monotonic() + 3.5)) for _ in range(8)]
-        await asyncio.sleep(0.5)
+        loaders = [asyncio.create_task(load(time.monotonic() + 2.5)) for _ in range(8)]
+        await asyncio.sleep(0.3)
         proxy.cut()
         cut_at = time.monotonic()
         health = await app.client.get("/health")
-        await asyncio.sleep(2)
+        await asyncio.sleep(1.5)
         proxy.restore()
         restored_at = time.monotonic()
         results = [result for loader in loaders for result in await loader]
@@ -287,6 +295,7 @@ HOSTILE_BODIES: list[tuple[bytes | dict[str, Any], str]] = [
 ]
 
 
+@pytest.mark.parametrize("project", ALL_VARIANTS, indirect=True)
 def test_no_leaks_after_mixed_load_and_hang_ups(
     project: Path, database_url: str, tmp_path: Path
 ) -> None:
