@@ -164,9 +164,21 @@ def edit_like_a_user(project: Path) -> None:
         env.write(f"{USERS_ENV_SETTING}\n")
 
 
+# Directories of git and of the tools, not of the project.
+NOT_THE_PROJECTS = {".git", ".venv", "__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache"}
+
+
 def project_files(project: Path) -> list[Path]:
-    """Every file of the project but git's own."""
-    return [path for path in project.rglob("*") if path.is_file() and ".git" not in path.parts]
+    """Every file of the project, ignored ones included, but git's and the tools' own."""
+    return [
+        path
+        for path in project.rglob("*")
+        if path.is_file() and not NOT_THE_PROJECTS.intersection(path.relative_to(project).parts)
+    ]
+
+
+def files_containing(project: Path, text: str) -> list[Path]:
+    return [path for path in project_files(project) if text.encode() in path.read_bytes()]
 
 
 def unmerged(project: Path) -> list[str]:
@@ -220,7 +232,7 @@ def test_user_edits_are_kept(updated: Updated) -> None:
     assert USERS_README_LINE in readme
     assert README_LINE_THE_USER_EDITS not in readme
     assert unmerged(project) == []
-    assert not list(project.rglob("*.rej"))
+    assert [path for path in project_files(project) if path.suffix == ".rej"] == []
 
 
 @scenario
@@ -243,20 +255,20 @@ def test_env_is_untouched_and_the_password_written_nowhere_else(updated: Updated
     assert USERS_ENV_SETTING in env
     assert NEW_ENV_LINE not in env
     assert "database_password" not in answers(project)
-    leaks = [path for path in project_files(project) if PASSWORD in path.read_text()]
-    assert leaks == [project / ".env"]
+    assert files_containing(project, PASSWORD) == [project / ".env"]
     assert ".env" not in git(project, "ls-files").split()
 
 
 @scenario
 def test_updated_project_passes_its_tests(updated: Updated) -> None:
+    """Its own suite, the user's test of the new route included, on SQLite."""
     project = updated.project
 
     run([UV, "sync", "--quiet"], project)
     result = run([UV, "run", "--no-sync", "pytest", "-q", "-p", "no:cacheprovider"], project)
 
     assert " passed" in result.stdout
-    assert "failed" not in result.stdout
+    assert "skipped" not in result.stdout
 
 
 # ------------------------------------------------------------------ conflicts
@@ -302,4 +314,4 @@ def test_a_password_given_again_at_update_is_written_nowhere(
     update(project, data={"database_password": "typed-at-update"})
 
     assert (project / ".env").read_text() == env
-    assert not [path for path in project_files(project) if "typed-at-update" in path.read_text()]
+    assert files_containing(project, "typed-at-update") == []
