@@ -198,16 +198,20 @@ class Updated:
 
 @pytest.fixture(scope="module")
 def updated(template_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Updated:
+    """A PostgreSQL project with a password and a schema, edited, committed, then updated."""
     project = tmp_path_factory.mktemp("updated") / "project"
     render_old_release(template_repo, project, **PG_ANSWERS)
     edit_like_a_user(project)
     commit(project, "Add a ping route; document the checks before a push")
-    before = Updated(project, answers(project), (project / ".env").read_text())
+    updated = Updated(
+        project, answers_before=answers(project), env_before=(project / ".env").read_text()
+    )
     update(project)
-    return before
+    return updated
 
 
-# The checks share one update: keep them on one xdist worker.
+# The checks share one update: keep them on one xdist worker. (With pytest 9.2, xdist 3.8 ignores
+# the group, pytest-xdist#1386: each worker then makes an update of its own.)
 scenario = pytest.mark.xdist_group("update-scenario")
 
 
@@ -282,6 +286,7 @@ def conflicting(template_repo: Path, tmp_path: Path) -> Path:
 
 
 def test_conflict_is_marked_inline_by_default(conflicting: Path) -> None:
+    """Both versions of the line stay in the file, between markers; git shows it unmerged."""
     update(conflicting)
 
     readme = (conflicting / "README.md").read_text()
