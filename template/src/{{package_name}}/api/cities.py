@@ -1,9 +1,10 @@
 """`/cities`: create a city, list the biggest ones."""
 
+from collections.abc import Sequence
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, status
-from sqlalchemy import select
+from sqlalchemy import RowMapping, bindparam, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from ..dependencies import SessionDep
@@ -13,16 +14,28 @@ from ..schemas import CityCreate, CityRead, ErrorMessage
 
 router = APIRouter(prefix="/cities", tags=["cities"], responses=DATABASE_UNAVAILABLE)
 
+# The statements are built once: building and hashing one costs more than running it.
+# A Core INSERT ... RETURNING on the table: one statement, no flush, no refresh, and none of
+# the work of the ORM's bulk insert (where an ORM `insert(City)` would send a parameter dict).
+INSERT_CITY = insert(City.metadata.tables[City.__tablename__]).returning(
+    City.id, City.name, City.population
+)
+BIGGEST_CITIES = (
+    select(City.id, City.name, City.population)
+    .order_by(City.population.desc(), City.id)
+    .limit(bindparam("limit"))
+)
+
 
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
+    response_model=CityRead,
     responses={status.HTTP_409_CONFLICT: {"model": ErrorMessage, "description": "Name taken"}},
 )
-async def create_city(city_in: CityCreate, session: SessionDep) -> CityRead:
-    city = City(name=city_in.name, population=city_in.population)
-    session.add(city)
+async def create_city(city_in: CityCreate, session: SessionDep) -> RowMapping:
     try:
+        city = (await session.execute(INSERT_CITY, city_in.model_dump())).mappings().one()
         await session.commit()
     except IntegrityError as error:
         # The name is the only constraint that valid input can violate.
@@ -30,17 +43,14 @@ async def create_city(city_in: CityCreate, session: SessionDep) -> CityRead:
         raise HTTPException(
             status.HTTP_409_CONFLICT, f"A city named {city_in.name!r} already exists"
         ) from error
-    return CityRead.model_validate(city)
+    return city
 
 
-@router.get("/biggest")
+# The rows go out as they come: FastAPI validates and serializes them once, as `CityRead`.
+@router.get("/biggest", response_model=list[CityRead])
 async def biggest_cities(
     session: SessionDep, limit: Annotated[int, Query(ge=1, le=100)] = 20
-) -> list[CityRead]:
+) -> Sequence[RowMapping]:
     """The most populated cities, biggest first (ties: the oldest first)."""
-    rows = await session.execute(
-        select(City.id, City.name, City.population)
-        .order_by(City.population.desc(), City.id)
-        .limit(limit)
-    )
-    return [CityRead.model_validate(row) for row in rows]
+    rows = await session.execute(BIGGEST_CITIES, {"limit": limit})
+    return rows.mappings().all()
