@@ -8,7 +8,7 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from .results import Summary, Target
+from .results import MIN_VS_SEED_PATTERN, Summary, Target
 from .servers import RAW_ASYNCPG, SEED_PATTERN
 
 COLUMNS = (
@@ -98,10 +98,24 @@ def write_chart(path: Path, summaries: Sequence[Summary], subtitle: str) -> None
                 va="bottom",
                 fontsize=8,
             )
+    for position, endpoint in enumerate(endpoints):
+        seed_pattern = next(
+            (s for s in summaries if (s.app, s.endpoint) == (SEED_PATTERN, endpoint)), None
+        )
+        if seed_pattern:
+            axes.hlines(
+                MIN_VS_SEED_PATTERN * seed_pattern.requests_per_second,
+                position - 0.45,
+                position + 0.45,
+                colors="black",
+                linestyles="dashed",
+                linewidth=1,
+                label=f"target: {MIN_VS_SEED_PATTERN:g}x {SEED_PATTERN}" if position == 0 else None,
+            )
     axes.set_xticks(range(len(endpoints)), endpoints)
     axes.set_ylabel("requests per second (median over rounds)")
-    axes.margins(y=0.25)
-    axes.legend(loc="upper right")
+    axes.margins(y=0.2)
+    figure.legend(loc="outside lower center", ncols=len(apps) + 1)
     axes.set_title(f"Cities service: rendered variants and references\n{subtitle}", fontsize=10)
     figure.savefig(path, dpi=120)
 
