@@ -181,15 +181,7 @@ def run(options: Options, wrk_path: str) -> Outcome:
             servers.reference_app(name, rendered[0], database_url, options.pool)
             for name in (SEED_PATTERN, RAW_ASYNCPG)
         ]
-        # Every app's tables by the variants' init-db: the same DDL, indexes included. At once:
-        # each command spends a second importing its modules.
-        with ThreadPoolExecutor() as executor:
-            created = [
-                executor.submit(projects.init_db, app.project, database_url, schema=app.name)
-                for app in apps
-            ]
-        for future in created:
-            future.result()  # raises the command's failure, if any
+        _create_tables(apps, database_url)
         database.seed(database_url, [app.name for app in apps], options.seed_rows)
         logger.info("%s rows in each of %s", options.seed_rows, ", ".join(app.name for app in apps))
         measurements = _measure(apps, options, wrk_path, Path(workdir))
@@ -205,6 +197,18 @@ def _prepare(name: str, path: Path, database_url: str, *, time_suite: bool) -> P
         project = projects.time_suite(project)
         logger.info("%s's own test suite: %.2f s", name, project.suite_seconds)
     return project
+
+
+def _create_tables(apps: list[App], database_url: str) -> None:
+    """Every app's schema and tables, by a variant's `init-db`: the same DDL for all, indexes
+    included. All at once: each command spends a second importing its modules."""
+    with ThreadPoolExecutor() as executor:
+        commands = [
+            executor.submit(projects.init_db, app.project, database_url, schema=app.name)
+            for app in apps
+        ]
+    for command in commands:
+        command.result()  # raises the command's failure, if any
 
 
 def _measure(apps: list[App], options: Options, wrk_path: str, workdir: Path) -> list[Measurement]:
