@@ -124,7 +124,9 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     parser.add_argument(
         "--seed-rows", type=int, help=f"cities in each app's table (default {FULL['seed_rows']})"
     )
-    parser.add_argument("--connections", type=int, default=32, help="wrk's (default 32)")
+    parser.add_argument(
+        "--connections", type=int, default=32, help="connections wrk keeps open (default 32)"
+    )
     parser.add_argument(
         "--pool-size",
         type=int,
