@@ -1,0 +1,322 @@
+"""`python -m bench`: render the variants, serve them and the reference apps in turn, load each
+with wrk, and report throughput and latency against the targets: a table on stdout, JSON and a
+chart in `--out`. Progress goes to stderr. See `--help`.
+"""
+
+import argparse
+import logging
+import os
+import platform
+import signal
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from functools import cache
+from pathlib import Path
+from types import FrameType
+from typing import Any, Final
+
+import yaml
+
+from . import database, projects, report, servers, wrk
+from .projects import Project
+from .results import Measurement, check_targets, summarize
+from .servers import RAW_ASYNCPG, SEED_PATTERN, App, Pool
+
+logger = logging.getLogger("bench")
+
+DEFAULT_OUT: Final = Path(__file__).resolve().parent / "results"
+DEFAULT_DATABASE_URL: Final = "postgresql://postgres@127.0.0.1:5432/test"
+# What a full run measures (about five minutes), and what --smoke measures (a few seconds).
+FULL: Final[dict[str, Any]] = {
+    "variants": ("plain", "scoped"),
+    "rounds": 3,
+    "duration": 10,
+    "warmup": 1,
+    "seed_rows": 10_000,
+}
+SMOKE: Final[dict[str, Any]] = {
+    "variants": ("plain",),
+    "rounds": 1,
+    "duration": 1,
+    "warmup": 0,
+    "seed_rows": 1_000,
+}
+
+
+@dataclass(frozen=True)
+class Options:
+    """What to measure, and for how long."""
+
+    variants: tuple[str, ...]
+    rounds: int
+    duration: int
+    warmup: int
+    seed_rows: int
+    connections: int
+    pool: Pool
+    database_url: str
+    out: Path
+    smoke: bool
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """Everything a run measured, before it is summarized."""
+
+    started_at: str
+    wall_seconds: float
+    projects: list[Project]
+    measurements: list[Measurement]
+    machine: dict[str, Any]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    options = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    wrk_path = wrk.find_wrk()
+    if wrk_path is None:
+        sys.stderr.write(wrk.INSTALL_HINT + "\n")
+        return 2
+    try:
+        outcome = run(options, wrk_path)
+    except KeyboardInterrupt:
+        logger.error("interrupted: servers stopped, scratch database dropped")
+        return 130
+    publish(outcome, options)
+    return 0
+
+
+def parse_args(argv: Sequence[str] | None = None) -> Options:
+    defaults = _template_defaults()
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Benchmark the rendered service against raw asyncpg and the common seed "
+        "pattern, with wrk, on a scratch PostgreSQL database.",
+    )
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="a run of a few seconds that checks the harness: the plain variant, 1 round of "
+        "1 s per endpoint, no warm-up, 1,000 rows, no test-suite timing",
+    )
+    parser.add_argument(
+        "--variants",
+        type=_variant_names,
+        help=f"variants to measure, comma-separated, of {', '.join(projects.VARIANTS)} "
+        f"(default: all)",
+    )
+    parser.add_argument("--rounds", type=int, help=f"rounds (default {FULL['rounds']})")
+    parser.add_argument(
+        "--duration", type=int, help=f"seconds of load per endpoint (default {FULL['duration']})"
+    )
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        help=f"seconds of unmeasured load per endpoint first (default {FULL['warmup']})",
+    )
+    parser.add_argument(
+        "--seed-rows", type=int, help=f"cities in each app's table (default {FULL['seed_rows']})"
+    )
+    parser.add_argument(
+        "--connections", type=int, default=32, help="connections wrk keeps open (default 32)"
+    )
+    parser.add_argument(
+        "--pool-size",
+        type=int,
+        default=defaults["pool_size"],
+        help="the variants' DB_POOL_SIZE (default: the template's, %(default)s)",
+    )
+    parser.add_argument(
+        "--max-overflow",
+        type=int,
+        default=defaults["max_overflow"],
+        help="the variants' DB_MAX_OVERFLOW (default: the template's, %(default)s)",
+    )
+    parser.add_argument(
+        "--database-url",
+        default=DEFAULT_DATABASE_URL,
+        help="a database on the PostgreSQL server to use; the run makes a scratch database "
+        "beside it and drops it at the end (default %(default)s)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=DEFAULT_OUT,
+        help="directory for latest.json and latest.png (default bench/results)",
+    )
+    args = parser.parse_args(argv)
+    # --smoke changes the defaults; options given explicitly win either way.
+    chosen = (SMOKE if args.smoke else FULL) | {
+        key: getattr(args, key) for key in FULL if getattr(args, key) is not None
+    }
+    return Options(
+        **chosen,
+        connections=args.connections,
+        pool=Pool(args.pool_size, args.max_overflow),
+        database_url=args.database_url,
+        out=args.out,
+        smoke=args.smoke,
+    )
+
+
+def run(options: Options, wrk_path: str) -> Outcome:
+    """Render and install the variants, make and seed the database, then measure every app."""
+    started_at = datetime.now(UTC).isoformat(timespec="seconds")
+    start = time.monotonic()
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-") as workdir,
+        database.scratch_database(options.database_url) as database_url,
+    ):
+        rendered = [
+            _prepare(name, Path(workdir) / name, database_url, time_suite=not options.smoke)
+            for name in options.variants
+        ]
+        apps = [servers.variant_app(project, database_url, options.pool) for project in rendered]
+        apps += [
+            servers.reference_app(name, rendered[0], database_url, options.pool)
+            for name in (SEED_PATTERN, RAW_ASYNCPG)
+        ]
+        _create_tables(apps, database_url)
+        database.seed(database_url, [app.name for app in apps], options.seed_rows)
+        logger.info("%s rows in each of %s", options.seed_rows, ", ".join(app.name for app in apps))
+        measurements = _measure(apps, options, wrk_path, Path(workdir))
+        machine = _machine(rendered[0], database_url, wrk_path, options)
+    return Outcome(started_at, time.monotonic() - start, rendered, measurements, machine)
+
+
+def _prepare(name: str, path: Path, database_url: str, *, time_suite: bool) -> Project:
+    project = projects.render(name, path, database_url)
+    logger.info("rendered %s in %.2f s", name, project.render_seconds)
+    projects.install(project)
+    if time_suite:
+        project = projects.time_suite(project)
+        logger.info("%s's own test suite: %.2f s", name, project.suite_seconds)
+    return project
+
+
+def _create_tables(apps: list[App], database_url: str) -> None:
+    """Every app's schema and tables, by a variant's `init-db`: the same DDL for all, indexes
+    included. All at once: each command spends a second importing its modules."""
+    with ThreadPoolExecutor() as executor:
+        commands = [
+            executor.submit(projects.init_db, app.project, database_url, schema=app.name)
+            for app in apps
+        ]
+    for command in commands:
+        command.result()  # raises the command's failure, if any
+
+
+def _measure(apps: list[App], options: Options, wrk_path: str, workdir: Path) -> list[Measurement]:
+    """Each round serves the apps one after the other (so that a drift of the machine's speed
+    touches them all alike) and loads each endpoint of each app."""
+    run_id = uuid.uuid4().hex[:8]
+    load = wrk.Load(options.connections, options.duration)
+    warmup = wrk.Load(options.connections, options.warmup)
+    measurements = []
+    for round_number in range(1, options.rounds + 1):
+        for app in apps:
+            with servers.serve(app, workdir / f"{app.name}.log") as base_url:
+                for endpoint in wrk.ENDPOINTS if options.warmup else ():
+                    prefix = f"{run_id}-warmup{round_number}-{app.name}"
+                    wrk.run(wrk_path, base_url, endpoint, warmup, prefix)
+                for endpoint in wrk.ENDPOINTS:
+                    prefix = f"{run_id}-round{round_number}-{app.name}"
+                    result = wrk.run(wrk_path, base_url, endpoint, load, prefix)
+                    logger.info(
+                        "round %s/%s  %-12s  %-19s  %6.0f req/s  p50 %5.1f ms  p99 %6.1f ms",
+                        round_number,
+                        options.rounds,
+                        app.name,
+                        endpoint.name,
+                        result.requests_per_second,
+                        result.p50_ms,
+                        result.p99_ms,
+                    )
+                    measurements.append(Measurement(round_number, app.name, endpoint.name, result))
+    return measurements
+
+
+def _machine(
+    project: Project, database_url: str, wrk_path: str, options: Options
+) -> dict[str, Any]:
+    """Where the numbers come from: they mean little without it."""
+    return {
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "rendered_venv": projects.versions(project),
+        "postgresql": database.server_version(database_url),
+        "wrk": {
+            "version": wrk.version(wrk_path),
+            "options": wrk.Load(options.connections, options.duration).options(),
+        },
+    }
+
+
+def publish(outcome: Outcome, options: Options) -> None:
+    """The table and the targets on stdout; latest.json and latest.png in `options.out`."""
+    summaries = summarize(outcome.measurements)
+    targets = check_targets(summaries, outcome.projects)
+    sys.stdout.write(report.table(summaries))
+    sys.stdout.write("\nTargets (reported, never enforced):\n" + report.targets(targets))
+
+    options.out.mkdir(parents=True, exist_ok=True)
+    json_path, chart_path = options.out / "latest.json", options.out / "latest.png"
+    report.write_json(
+        json_path,
+        {
+            "started_at": outcome.started_at,
+            "wall_seconds": round(outcome.wall_seconds, 1),
+            "options": asdict(options) | {"out": str(options.out)},
+            "machine": outcome.machine,
+            "projects": [
+                {key: value for key, value in asdict(project).items() if key != "path"}
+                for project in outcome.projects
+            ],
+            "rounds": [asdict(measurement) for measurement in outcome.measurements],
+            "summary": [asdict(summary) for summary in summaries],
+            "targets": [asdict(target) for target in targets],
+        },
+    )
+    wrk_options = " ".join(outcome.machine["wrk"]["options"])
+    report.write_chart(
+        chart_path,
+        summaries,
+        f"{options.rounds} round(s), wrk {wrk_options}, {outcome.machine['cpu_count']} CPUs, "
+        f"variants' pool {options.pool.size}+{options.pool.max_overflow}",
+    )
+    sys.stdout.write(
+        f"\nWall time {outcome.wall_seconds:.0f} s. Wrote {json_path} and {chart_path}\n"
+    )
+
+
+@cache
+def _template_defaults() -> dict[str, Any]:
+    """The template's default answers, from copier.yml: the variants run with them unless told."""
+    questions = yaml.safe_load((projects.ROOT / "copier.yml").read_text())
+    return {name: spec["default"] for name, spec in questions.items() if isinstance(spec, dict)}
+
+
+def _variant_names(value: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in value.split(",") if name.strip())
+    unknown = [name for name in names if name not in projects.VARIANTS]
+    if unknown or not names:
+        msg = f"choose among {', '.join(projects.VARIANTS)}, comma-separated (got {value!r})"
+        raise argparse.ArgumentTypeError(msg)
+    return names
+
+
+def _exit_on_sigterm(signum: int, _frame: FrameType | None) -> None:
+    """Exit through the `finally` blocks, which stop the servers and drop the database."""
+    raise SystemExit(128 + signum)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,144 @@
+"""What the benchmark measured: medians over the rounds, ratios to the references, targets.
+
+Medians rather than means: a round disturbed by another process on the machine moves a median
+of three much less than a mean.
+"""
+
+import statistics
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from .projects import Project
+from .servers import RAW_ASYNCPG, SEED_PATTERN
+from .wrk import WrkResult
+
+# The targets of issue 6; reported as met or missed, never asserted.
+MIN_VS_SEED_PATTERN: Final = 2.0
+STRETCH_VS_RAW_ASYNCPG: Final = 0.5
+MAX_P99_OVER_P50: Final = 4.0
+MAX_RENDER_SECONDS: Final = 1.0
+MAX_SUITE_SECONDS: Final = 3.0
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One wrk run: an app's endpoint in one round."""
+
+    round: int
+    app: str
+    endpoint: str
+    result: WrkResult
+
+
+@dataclass(frozen=True)
+class Summary:
+    """An app's endpoint over all rounds: medians, failures summed, throughput ratios."""
+
+    app: str
+    endpoint: str
+    requests_per_second: float
+    p50_ms: float
+    p99_ms: float
+    non_2xx: int
+    socket_errors: int
+    vs_seed_pattern: float | None
+    vs_raw_asyncpg: float | None
+
+
+@dataclass(frozen=True)
+class Target:
+    """A target, and whether this run met it (None: not measured in this run)."""
+
+    description: str
+    met: bool | None
+    detail: str
+
+
+def summarize(measurements: Sequence[Measurement]) -> list[Summary]:
+    """One summary per app and endpoint, in the order they were first measured."""
+    runs: dict[tuple[str, str], list[WrkResult]] = defaultdict(list)
+    for measurement in measurements:
+        runs[measurement.app, measurement.endpoint].append(measurement.result)
+    throughput = {
+        key: statistics.median(result.requests_per_second for result in results)
+        for key, results in runs.items()
+    }
+    summaries = []
+    for (app, endpoint), results in runs.items():
+        rate = throughput[app, endpoint]
+        summaries.append(
+            Summary(
+                app=app,
+                endpoint=endpoint,
+                requests_per_second=rate,
+                p50_ms=statistics.median(result.p50_ms for result in results),
+                p99_ms=statistics.median(result.p99_ms for result in results),
+                non_2xx=sum(result.non_2xx for result in results),
+                socket_errors=sum(result.socket_errors for result in results),
+                vs_seed_pattern=_ratio(rate, throughput.get((SEED_PATTERN, endpoint))),
+                vs_raw_asyncpg=_ratio(rate, throughput.get((RAW_ASYNCPG, endpoint))),
+            )
+        )
+    return summaries
+
+
+def _ratio(value: float, reference: float | None) -> float | None:
+    return value / reference if reference else None
+
+
+def check_targets(summaries: Sequence[Summary], projects: Sequence[Project]) -> list[Target]:
+    """The targets of each rendered variant: its render time, the wall time of its own test
+    suite, and per endpoint its throughput against the references and its tail latency."""
+    by_app = {(summary.app, summary.endpoint): summary for summary in summaries}
+    targets = []
+    for project in projects:
+        suite = project.suite_seconds
+        targets += [
+            Target(
+                f"{project.name}: render < {MAX_RENDER_SECONDS:g} s",
+                project.render_seconds < MAX_RENDER_SECONDS,
+                f"{project.render_seconds:.2f} s",
+            ),
+            Target(
+                f"{project.name}: its test suite < {MAX_SUITE_SECONDS:g} s",
+                None if suite is None else suite < MAX_SUITE_SECONDS,
+                "not measured in smoke mode" if suite is None else f"{suite:.2f} s",
+            ),
+        ]
+        for summary in summaries:
+            if summary.app == project.name:
+                seed_pattern = by_app.get((SEED_PATTERN, summary.endpoint))
+                raw_asyncpg = by_app.get((RAW_ASYNCPG, summary.endpoint))
+                targets += [
+                    _throughput_target(summary, seed_pattern, MIN_VS_SEED_PATTERN),
+                    _throughput_target(summary, raw_asyncpg, STRETCH_VS_RAW_ASYNCPG, "stretch: "),
+                    _tail_target(summary),
+                ]
+    return targets
+
+
+def _throughput_target(
+    summary: Summary, reference: Summary | None, minimum: float, kind: str = ""
+) -> Target:
+    where = f"{summary.app} {summary.endpoint}"
+    if reference is None:
+        return Target(f"{where}: {kind}req/s >= {minimum:g}x a reference", None, "not measured")
+    ratio = _ratio(summary.requests_per_second, reference.requests_per_second)
+    return Target(
+        f"{where}: {kind}req/s >= {minimum:g}x {reference.app}",
+        None if ratio is None else ratio >= minimum,
+        f"{summary.requests_per_second:.0f} vs {reference.requests_per_second:.0f} req/s"
+        + ("" if ratio is None else f": {ratio:.2f}x"),
+    )
+
+
+def _tail_target(summary: Summary) -> Target:
+    tail = _ratio(summary.p99_ms, summary.p50_ms)
+    return Target(
+        f"{summary.app} {summary.endpoint}: p99 <= {MAX_P99_OVER_P50:g}x p50",
+        None if tail is None else tail <= MAX_P99_OVER_P50,
+        f"p99 {summary.p99_ms:.1f} ms, p50 {summary.p50_ms:.1f} ms"
+        + ("" if tail is None else f": {tail:.1f}x"),
+    )

@@ -1,0 +1,143 @@
+"""The apps under test, and serving one under uvicorn in a process of its own."""
+
+import logging
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+from urllib.parse import urlsplit
+
+from .projects import PACKAGE, Project, tool_env
+
+logger = logging.getLogger(__name__)
+
+REFERENCE_APPS_DIR: Final = Path(__file__).resolve().parent / "apps"
+SEED_PATTERN: Final = "seed_pattern"
+RAW_ASYNCPG: Final = "raw_asyncpg"
+READY_TIMEOUT_SECONDS: Final = 30
+STOP_TIMEOUT_SECONDS: Final = 15
+
+
+@dataclass(frozen=True)
+class App:
+    """An ASGI app (`target`, "module:attribute") served from the virtualenv of `project`, with
+    `env` set: a rendered variant (its own package), or a reference app imported from `app_dir`.
+    Each app's tables are in the schema of its name."""
+
+    name: str
+    target: str
+    project: Path
+    env: Mapping[str, str] = field(default_factory=dict)
+    app_dir: Path | None = None
+
+
+@dataclass(frozen=True)
+class Pool:
+    """The connection pool of the rendered variants (`DB_POOL_SIZE`, `DB_MAX_OVERFLOW`)."""
+
+    size: int
+    max_overflow: int
+
+
+def variant_app(project: Project, database_url: str, pool: Pool) -> App:
+    """A rendered variant, configured as its users would: through its settings' variables."""
+    env = {
+        "DATABASE_URL": database_url,
+        "DB_SCHEMA": project.name,
+        "DB_POOL_SIZE": str(pool.size),
+        "DB_MAX_OVERFLOW": str(pool.max_overflow),
+    }
+    return App(project.name, f"{PACKAGE}.main:app", project.path, env)
+
+
+def reference_app(name: str, project: Project, database_url: str, pool: Pool) -> App:
+    """A reference app of `apps/`, in the virtualenv of a rendered `project`.
+
+    raw_asyncpg gets as many connections as a variant can open, so that it is their ceiling at
+    the same cost to the database; seed_pattern keeps its own pool of 100, as the pattern does.
+    """
+    env = {
+        "BENCH_SCHEMA": name,
+        "BENCH_DSN": database_url,
+        "BENCH_DATABASE_URL": urlsplit(database_url)._replace(scheme="postgresql+asyncpg").geturl(),
+        "BENCH_POOL_SIZE": str(pool.size + pool.max_overflow),
+    }
+    return App(name, f"{name}:app", project.path, env, REFERENCE_APPS_DIR)
+
+
+@contextmanager
+def serve(app: App, log: Path) -> Iterator[str]:
+    """Serve `app` with one uvicorn worker on a free loopback port until the block ends; yield
+    its base URL once it answers. Stopping it closes its pool, so the next app starts afresh."""
+    port = _free_port()
+    command = [
+        str(app.project / ".venv/bin/python"),
+        "-m",
+        "uvicorn",
+        app.target,
+        "--host=127.0.0.1",
+        f"--port={port}",
+        "--workers=1",
+        "--no-access-log",
+        "--log-level=warning",
+    ]
+    if app.app_dir:
+        command.append(f"--app-dir={app.app_dir}")
+    with log.open("w") as output:
+        # A session of its own: Ctrl-C reaches the benchmark only, which stops the server itself.
+        server = subprocess.Popen(
+            command,
+            cwd=app.project,
+            env=tool_env(app.env),
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            base_url = f"http://127.0.0.1:{port}"
+            _wait_until_ready(base_url, server, log)
+            yield base_url
+        finally:
+            _stop(server)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _wait_until_ready(base_url: str, server: subprocess.Popen[bytes], log: Path) -> None:
+    """Wait until the app answers a real query (its pool and the database work), not only until
+    the port is open."""
+    deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            msg = f"the server exited ({server.returncode}):\n{log.read_text()[-4000:]}"
+            raise RuntimeError(msg)
+        try:
+            with urllib.request.urlopen(f"{base_url}/cities/biggest?limit=1", timeout=5):
+                return
+        except OSError:  # refused, reset, timed out, or an HTTP error (not ready yet)
+            time.sleep(0.1)
+    msg = f"the server did not answer within {READY_TIMEOUT_SECONDS} s:\n{log.read_text()[-4000:]}"
+    raise RuntimeError(msg)
+
+
+def _stop(server: subprocess.Popen[bytes]) -> None:
+    """Stop as Ctrl-C would (uvicorn then runs the lifespan's shutdown); kill it if it hangs."""
+    if server.poll() is None:
+        server.send_signal(signal.SIGINT)
+    try:
+        server.wait(timeout=STOP_TIMEOUT_SECONDS)
+    except subprocess.TimeoutExpired:
+        logger.warning("the server did not stop within %s s: killing it", STOP_TIMEOUT_SECONDS)
+        server.kill()
+        server.wait()
