@@ -21,8 +21,6 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Final
 
-import yaml
-
 from . import database, projects, report, servers, wrk
 from .projects import Project
 from .results import Measurement, check_targets, summarize
@@ -94,7 +92,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> Options:
-    defaults = _template_defaults()
     parser = argparse.ArgumentParser(
         prog="python -m bench",
         description="Benchmark the rendered service against raw asyncpg and the common seed "
@@ -130,14 +127,14 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     parser.add_argument(
         "--pool-size",
         type=int,
-        default=defaults["pool_size"],
-        help="the variants' DB_POOL_SIZE (default: the template's, %(default)s)",
+        help="the variants' DB_POOL_SIZE (default: --connections, a connection for each request "
+        "in flight, as the rendered README advises; raw_asyncpg gets the same total)",
     )
     parser.add_argument(
         "--max-overflow",
         type=int,
-        default=defaults["max_overflow"],
-        help="the variants' DB_MAX_OVERFLOW (default: the template's, %(default)s)",
+        default=0,
+        help="the variants' DB_MAX_OVERFLOW (default %(default)s)",
     )
     parser.add_argument(
         "--database-url",
@@ -159,7 +156,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     return Options(
         **chosen,
         connections=args.connections,
-        pool=Pool(args.pool_size, args.max_overflow),
+        pool=Pool(args.pool_size or args.connections, args.max_overflow),
         database_url=args.database_url,
         out=args.out,
         smoke=args.smoke,
@@ -298,12 +295,6 @@ def publish(outcome: Outcome, options: Options) -> None:
 
 
 @cache
-def _template_defaults() -> dict[str, Any]:
-    """The template's default answers, from copier.yml: the variants run with them unless told."""
-    questions = yaml.safe_load((projects.ROOT / "copier.yml").read_text())
-    return {name: spec["default"] for name, spec in questions.items() if isinstance(spec, dict)}
-
-
 def _variant_names(value: str) -> tuple[str, ...]:
     names = tuple(name.strip() for name in value.split(",") if name.strip())
     unknown = [name for name in names if name not in projects.VARIANTS]
