@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from functools import cache
 from pathlib import Path
 from types import FrameType
 from typing import Any, Final
@@ -294,7 +293,6 @@ def publish(outcome: Outcome, options: Options) -> None:
     )
 
 
-@cache
 def _variant_names(value: str) -> tuple[str, ...]:
     names = tuple(name.strip() for name in value.split(",") if name.strip())
     unknown = [name for name in names if name not in projects.VARIANTS]

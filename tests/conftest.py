@@ -5,7 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import UV, VARIANTS, render, run
+from bench.projects import UV
+
+from .helpers import VARIANTS, render, run
 
 
 @pytest.fixture(scope="session")

@@ -12,10 +12,11 @@ from typing import Any
 import pytest
 from copier import run_copy
 
-ROOT = Path(__file__).resolve().parent.parent
+# The repository's root, the rendered package, uv and the environment of a rendered project's
+# tools are the benchmark's too: one definition for both.
+from bench.projects import PACKAGE, ROOT, tool_env
+
 PROBE_SERVER = Path(__file__).resolve().parent / "probe_server.py"
-# The package of every rendered project (the default answer).
-PACKAGE = "cities_service"
 
 # The answer given for PostgreSQL variants; their tests run on TEST_DATABASE_URL.
 PG_ANSWER_URL = "postgresql://postgres@127.0.0.1:5432/test"
@@ -33,8 +34,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
     },
 }
 TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL")
-# `uv run` tells its children where uv is; the same uv renders and runs the variants.
-UV = os.environ.get("UV", "uv")
 
 requires_postgresql = pytest.mark.skipif(
     not TEST_DATABASE_URL, reason="set TEST_DATABASE_URL to run the PostgreSQL checks"
@@ -51,14 +50,6 @@ def render(dst: Path, **data: Any) -> Path:
     """Render the template's working tree (uncommitted changes included) into `dst`."""
     run_copy(str(ROOT), dst, data=data, defaults=True, vcs_ref="HEAD", quiet=True, unsafe=False)
     return dst
-
-
-def tool_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment for a rendered project's tools: not this suite's virtualenv."""
-    env = {k: v for k, v in os.environ.items() if k not in {"VIRTUAL_ENV", "PYTHONPATH"}}
-    env |= {"UV_PYTHON_DOWNLOADS": "never", "UV_NO_PROGRESS": "1", "NO_COLOR": "1"}
-    env.pop("TEST_DATABASE_URL", None)
-    return env | dict(extra or {})
 
 
 def run(

@@ -15,7 +15,9 @@ import pytest
 import yaml
 from copier import run_copy, run_update
 
-from .helpers import PG_ANSWER_URL, ROOT, UV, run
+from bench.projects import UV
+
+from .helpers import PG_ANSWER_URL, ROOT, run
 
 OLD, NEW = "v1.0.0", "v1.1.0"
 

@@ -7,10 +7,11 @@ import httpx
 import pytest
 import yaml
 
+from bench.projects import UV
+
 from .helpers import (
     PACKAGE,
     TEST_DATABASE_URL,
-    UV,
     VARIANTS,
     requires_postgresql,
     run,
