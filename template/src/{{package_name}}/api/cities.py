@@ -7,7 +7,7 @@ from fastapi import APIRouter, HTTPException, Query, status
 from sqlalchemy import RowMapping, bindparam, insert, select
 from sqlalchemy.exc import IntegrityError
 
-from ..dependencies import SessionDep
+from ..dependencies import ReadConnectionDep, SessionDep
 from ..errors import DATABASE_UNAVAILABLE
 from ..models import City
 from ..schemas import CityCreate, CityRead, ErrorMessage
@@ -49,8 +49,8 @@ async def create_city(city_in: CityCreate, session: SessionDep) -> RowMapping:
 # The rows go out as they come: FastAPI validates and serializes them once, as `CityRead`.
 @router.get("/biggest", response_model=list[CityRead])
 async def biggest_cities(
-    session: SessionDep, limit: Annotated[int, Query(ge=1, le=100)] = 20
+    connection: ReadConnectionDep, limit: Annotated[int, Query(ge=1, le=100)] = 20
 ) -> Sequence[RowMapping]:
     """The most populated cities, biggest first (ties: the oldest first)."""
-    rows = await session.execute(BIGGEST_CITIES, {"limit": limit})
+    rows = await connection.execute(BIGGEST_CITIES, {"limit": limit})
     return rows.mappings().all()

@@ -6,7 +6,7 @@ from typing import Final
 from fastapi import APIRouter
 from sqlalchemy import text
 
-from ..dependencies import SessionDep
+from ..dependencies import DatabaseDep
 from ..errors import DATABASE_UNAVAILABLE
 from ..schemas import HealthStatus
 
@@ -18,7 +18,11 @@ router = APIRouter(tags=["health"], responses=DATABASE_UNAVAILABLE)
 
 
 @router.get("/health")
-async def health(session: SessionDep) -> HealthStatus:
-    async with asyncio.timeout(HEALTH_TIMEOUT_SECONDS):
-        await session.execute(PING)
+async def health(database: DatabaseDep) -> HealthStatus:
+    # The timeout covers taking the connection too: its pre-ping waits on the database as well.
+    async with (
+        asyncio.timeout(HEALTH_TIMEOUT_SECONDS),
+        database.read_engine.connect() as connection,
+    ):
+        await connection.execute(PING)
     return HealthStatus(status="ok")
