@@ -166,9 +166,11 @@ def run(options: Options, wrk_path: str) -> Outcome:
     """Render and install the variants, make and seed the database, then measure every app."""
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
     start = time.monotonic()
+    # A libpq URL, which the apps and asyncpg read, whatever form --database-url has.
+    server_url = database.dsn(options.database_url)
     with (
         tempfile.TemporaryDirectory(prefix="bench-") as workdir,
-        database.scratch_database(options.database_url) as database_url,
+        database.scratch_database(server_url, prefix="bench") as database_url,
     ):
         rendered = [
             _prepare(name, Path(workdir) / name, database_url, time_suite=not options.smoke)

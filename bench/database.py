@@ -21,16 +21,23 @@ MAX_POPULATION = 40_000_000
 
 
 def with_database(url: str, database: str) -> str:
-    """`url` naming `database` on the same server, as a libpq URL (what asyncpg reads)."""
-    return urlsplit(url)._replace(scheme="postgresql", path=f"/{database}").geturl()
+    """`url` naming `database` on the same server, in the same form (libpq or SQLAlchemy)."""
+    return urlsplit(url)._replace(path=f"/{database}").geturl()
+
+
+def dsn(url: str) -> str:
+    """The libpq form of a PostgreSQL URL (what asyncpg reads): a SQLAlchemy URL names its
+    driver in the scheme (`postgresql+asyncpg://`)."""
+    return urlsplit(url)._replace(scheme="postgresql").geturl()
 
 
 @contextmanager
-def scratch_database(server_url: str) -> Iterator[str]:
-    """Create an empty database on the server of `server_url`; yield its URL; drop it after,
-    also when the run fails or is interrupted."""
-    name = f"bench_{uuid.uuid4().hex[:12]}"
-    admin_url = with_database(server_url, urlsplit(server_url).path.lstrip("/") or "postgres")
+def scratch_database(server_url: str, *, prefix: str) -> Iterator[str]:
+    """Create an empty database named `<prefix>_<random>` on the server of `server_url`; yield
+    its URL, in the form of `server_url`; drop it after (with any session still on it), also
+    when the block fails or is interrupted. The benchmark and the template's tests share it."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    admin_url = dsn(with_database(server_url, urlsplit(server_url).path.lstrip("/") or "postgres"))
     asyncio.run(_run_ddl(admin_url, "CREATE DATABASE %I", name))
     logger.info("created the scratch database %s", name)
     try:

@@ -19,10 +19,12 @@ import asyncpg
 import pytest
 import yaml
 
+from bench.database import dsn, scratch_database
+
 from .faultproxy import FaultProxy
 from .helpers import PACKAGE, TEST_DATABASE_URL, run, serve, variant_param
 from .loadclient import LoadClient
-from .postgres import dsn, fetch, fetch_async, scratch_database
+from .postgres import fetch, fetch_async
 
 pytestmark = [
     pytest.mark.render,
@@ -90,7 +92,7 @@ def project(request: pytest.FixtureRequest, installed_variant: Callable[[str], P
 def database_url(project: Path) -> Iterator[str]:
     """A scratch database, set up by `init-db`; after the test, no session may be left on it."""
     assert TEST_DATABASE_URL
-    with scratch_database(TEST_DATABASE_URL) as url:
+    with scratch_database(TEST_DATABASE_URL, prefix="tpl") as url:
         init_db = [str(project / ".venv/bin/python"), "-m", PACKAGE, "init-db"]
         run(init_db, project, {"DATABASE_URL": url})
         yield url

@@ -7,6 +7,7 @@ import httpx
 import pytest
 import yaml
 
+from bench.database import scratch_database
 from bench.projects import UV
 
 from .helpers import (
@@ -18,7 +19,7 @@ from .helpers import (
     serve,
     variant_param,
 )
-from .postgres import fetch, scratch_database
+from .postgres import fetch
 
 pytestmark = pytest.mark.render
 
@@ -64,7 +65,7 @@ def database_url(project: Path, tmp_path: Path) -> Iterator[str]:
         return
     if not TEST_DATABASE_URL:
         pytest.skip("set TEST_DATABASE_URL to serve the PostgreSQL variants")
-    with scratch_database(TEST_DATABASE_URL) as url:
+    with scratch_database(TEST_DATABASE_URL, prefix="tpl") as url:
         yield url
 
 
