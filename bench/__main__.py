@@ -4,6 +4,7 @@ chart in `--out`. Progress goes to stderr. See `--help`.
 """
 
 import argparse
+import itertools
 import logging
 import os
 import platform
@@ -22,8 +23,8 @@ from typing import Any, Final
 
 from . import database, projects, report, servers, wrk
 from .projects import Project
-from .results import Measurement, check_targets, summarize
-from .servers import RAW_ASYNCPG, SEED_PATTERN, App, Pool
+from .results import REFERENCES, Measurement, check_targets, summarize
+from .servers import App, Pool
 
 logger = logging.getLogger("bench")
 
@@ -32,8 +33,8 @@ DEFAULT_DATABASE_URL: Final = "postgresql://postgres@127.0.0.1:5432/test"
 # What a full run measures (about five minutes), and what --smoke measures (a few seconds).
 FULL: Final[dict[str, Any]] = {
     "variants": ("plain", "scoped"),
-    "rounds": 3,
-    "duration": 10,
+    "rounds": 4,
+    "duration": 5,
     "warmup": 1,
     "seed_rows": 10_000,
 }
@@ -100,7 +101,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         "--smoke",
         action="store_true",
         help="a run of a few seconds that checks the harness: the plain variant, 1 round of "
-        "1 s per endpoint, no warm-up, 1,000 rows, no test-suite timing",
+        "1 s per app and endpoint, no warm-up, 1,000 rows, no test-suite timing",
     )
     parser.add_argument(
         "--variants",
@@ -108,9 +109,15 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         help=f"variants to measure, comma-separated, of {', '.join(projects.VARIANTS)} "
         f"(default: all)",
     )
-    parser.add_argument("--rounds", type=int, help=f"rounds (default {FULL['rounds']})")
     parser.add_argument(
-        "--duration", type=int, help=f"seconds of load per endpoint (default {FULL['duration']})"
+        "--rounds",
+        type=int,
+        help=f"rounds per variant, reference and endpoint (default {FULL['rounds']})",
+    )
+    parser.add_argument(
+        "--duration",
+        type=int,
+        help=f"seconds of load per app in a round (default {FULL['duration']})",
     )
     parser.add_argument(
         "--warmup",
@@ -179,7 +186,7 @@ def run(options: Options, wrk_path: str) -> Outcome:
         apps = [servers.variant_app(project, database_url, options.pool) for project in rendered]
         apps += [
             servers.reference_app(name, rendered[0], database_url, options.pool)
-            for name in (SEED_PATTERN, RAW_ASYNCPG)
+            for name in REFERENCES
         ]
         _create_tables(apps, database_url)
         database.seed(database_url, [app.name for app in apps], options.seed_rows)
@@ -212,33 +219,57 @@ def _create_tables(apps: list[App], database_url: str) -> None:
 
 
 def _measure(apps: list[App], options: Options, wrk_path: str, workdir: Path) -> list[Measurement]:
-    """Each round serves the apps one after the other (so that a drift of the machine's speed
-    touches them all alike) and loads each endpoint of each app."""
+    """Measure each variant beside each reference: both served at once, loaded in turn.
+
+    The machine's speed drifts by tens of percent within minutes. So a variant and a reference
+    are loaded seconds apart, in the order ABBA ABBA... (a drift during a round touches both
+    alike), and their ratio is taken per round. Two apps at a time keep at most two pools open.
+    """
     run_id = uuid.uuid4().hex[:8]
     load = wrk.Load(options.connections, options.duration)
     warmup = wrk.Load(options.connections, options.warmup)
+    variants = [app for app in apps if app.name not in REFERENCES]
+    references = [app for app in apps if app.name in REFERENCES]
     measurements = []
-    for round_number in range(1, options.rounds + 1):
-        for app in apps:
-            with servers.serve(app, workdir / f"{app.name}.log") as base_url:
-                for endpoint in wrk.ENDPOINTS if options.warmup else ():
-                    prefix = f"{run_id}-warmup{round_number}-{app.name}"
-                    wrk.run(wrk_path, base_url, endpoint, warmup, prefix)
-                for endpoint in wrk.ENDPOINTS:
-                    prefix = f"{run_id}-round{round_number}-{app.name}"
-                    result = wrk.run(wrk_path, base_url, endpoint, load, prefix)
-                    logger.info(
-                        "round %s/%s  %-12s  %-19s  %6.0f req/s  p50 %5.1f ms  p99 %6.1f ms",
-                        round_number,
-                        options.rounds,
-                        app.name,
-                        endpoint.name,
-                        result.requests_per_second,
-                        result.p50_ms,
-                        result.p99_ms,
-                    )
-                    measurements.append(Measurement(round_number, app.name, endpoint.name, result))
+    for variant, reference in itertools.product(variants, references):
+        pair = (variant, reference)
+        # wrk's POST names must be unique in the run: they start with this, the round and the app.
+        names = f"{run_id}-{variant.name}-{reference.name}"
+        with (
+            servers.serve(variant, workdir / f"{variant.name}.log") as variant_url,
+            servers.serve(reference, workdir / f"{reference.name}.log") as reference_url,
+        ):
+            base_urls = {variant.name: variant_url, reference.name: reference_url}
+            for endpoint in wrk.ENDPOINTS:
+                for app in pair if options.warmup else ():
+                    prefix = f"{names}-warmup-{app.name}"
+                    wrk.run(wrk_path, base_urls[app.name], endpoint, warmup, prefix)
+                for round_number in range(1, options.rounds + 1):
+                    for app in pair if round_number % 2 else pair[::-1]:
+                        prefix = f"{names}-round{round_number}-{app.name}"
+                        result = wrk.run(wrk_path, base_urls[app.name], endpoint, load, prefix)
+                        other = reference if app is variant else variant
+                        measurement = Measurement(
+                            round_number, app.name, endpoint.name, other.name, result
+                        )
+                        measurements.append(measurement)
+                        _log(measurement, options.rounds)
     return measurements
+
+
+def _log(measurement: Measurement, rounds: int) -> None:
+    result = measurement.result
+    logger.info(
+        "round %s/%s  %-12s  %-19s  %6.0f req/s  p50 %5.1f ms  p99 %6.1f ms  (beside %s)",
+        measurement.round,
+        rounds,
+        measurement.app,
+        measurement.endpoint,
+        result.requests_per_second,
+        result.p50_ms,
+        result.p99_ms,
+        measurement.beside,
+    )
 
 
 def _machine(
@@ -287,8 +318,9 @@ def publish(outcome: Outcome, options: Options) -> None:
     report.write_chart(
         chart_path,
         summaries,
-        f"{options.rounds} round(s), wrk {wrk_options}, {outcome.machine['cpu_count']} CPUs, "
-        f"variants' pool {options.pool.size}+{options.pool.max_overflow}",
+        f"{options.rounds} round(s) per variant and reference, side by side; wrk {wrk_options}, "
+        f"{outcome.machine['cpu_count']} CPUs, variants' pool "
+        f"{options.pool.size}+{options.pool.max_overflow}",
     )
     sys.stdout.write(
         f"\nWall time {outcome.wall_seconds:.0f} s. Wrote {json_path} and {chart_path}\n"

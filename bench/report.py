@@ -97,6 +97,9 @@ def write_chart(path: Path, summaries: Sequence[Summary], subtitle: str) -> None
                 ha="center",
                 va="bottom",
                 fontsize=8,
+                # Readable where the target line crosses it.
+                bbox={"boxstyle": "square,pad=0.1", "facecolor": "white", "edgecolor": "none"},
+                zorder=3,
             )
     for position, endpoint in enumerate(endpoints):
         seed_pattern = next(

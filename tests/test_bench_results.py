@@ -1,0 +1,43 @@
+"""The benchmark's summary: a variant's ratios are paired by round; the table's order."""
+
+from bench.results import Measurement, summarize
+from bench.wrk import WrkResult
+
+GET = "GET /cities/biggest"
+
+
+def measured(round_number: int, app: str, beside: str, rate: float) -> Measurement:
+    result = WrkResult(
+        requests_per_second=rate,
+        p50_ms=10,
+        p99_ms=20,
+        requests=int(rate),
+        non_2xx=0,
+        socket_errors=0,
+    )
+    return Measurement(round_number, app, GET, beside, result)
+
+
+def test_ratios_hold_when_the_machine_slows_down_between_rounds() -> None:
+    measurements = [
+        measured(1, "raw_asyncpg", "plain", 1600),
+        measured(1, "plain", "raw_asyncpg", 400),
+        measured(1, "plain", "seed_pattern", 1000),
+        measured(1, "seed_pattern", "plain", 500),
+        # The machine runs at half speed in round 2: the ratio of that round is still 2x.
+        measured(2, "seed_pattern", "plain", 250),
+        measured(2, "plain", "seed_pattern", 500),
+        measured(3, "plain", "seed_pattern", 900),
+        measured(3, "seed_pattern", "plain", 450),
+    ]
+
+    summaries = summarize(measurements)
+
+    assert [summary.app for summary in summaries] == ["plain", "seed_pattern", "raw_asyncpg"]
+    plain, seed_pattern, raw_asyncpg = summaries
+    assert plain.requests_per_second == 700  # the median of all its runs
+    assert plain.vs_seed_pattern == 2.0  # paired; the ratio of medians would be 700/450
+    assert plain.vs_raw_asyncpg == 0.25
+    assert seed_pattern.vs_seed_pattern == 1.0
+    # The references are never loaded side by side: the ratio of their medians.
+    assert raw_asyncpg.vs_seed_pattern == 1600 / 450
