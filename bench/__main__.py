@@ -30,7 +30,7 @@ logger = logging.getLogger("bench")
 
 DEFAULT_OUT: Final = Path(__file__).resolve().parent / "results"
 DEFAULT_DATABASE_URL: Final = "postgresql://postgres@127.0.0.1:5432/test"
-# What a full run measures (about five minutes), and what --smoke measures (a few seconds).
+# What a full run measures (about six minutes), and what --smoke measures (a few seconds).
 FULL: Final[dict[str, Any]] = {
     "variants": ("plain", "scoped"),
     "rounds": 4,
