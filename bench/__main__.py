@@ -62,6 +62,11 @@ class Options:
     out: Path
     smoke: bool
 
+    @property
+    def load(self) -> wrk.Load:
+        """wrk's load for each measured run."""
+        return wrk.Load(self.connections, self.duration)
+
 
 @dataclass(frozen=True)
 class Outcome:
@@ -226,7 +231,7 @@ def _measure(apps: list[App], options: Options, wrk_path: str, workdir: Path) ->
     alike), and their ratio is taken per round. Two apps at a time keep at most two pools open.
     """
     run_id = uuid.uuid4().hex[:8]
-    load = wrk.Load(options.connections, options.duration)
+    load = options.load
     warmup = wrk.Load(options.connections, options.warmup)
     variants = [app for app in apps if app.name not in REFERENCES]
     references = [app for app in apps if app.name in REFERENCES]
@@ -284,7 +289,7 @@ def _machine(
         "postgresql": database.server_version(database_url),
         "wrk": {
             "version": wrk.version(wrk_path),
-            "options": wrk.Load(options.connections, options.duration).options(),
+            "options": options.load.options(),
         },
     }
 
