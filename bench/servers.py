@@ -75,7 +75,7 @@ def reference_app(name: str, project: Project, database_url: str, pool: Pool) ->
 def serve(app: App, log: Path) -> Iterator[str]:
     """Serve `app` with one uvicorn worker on a free loopback port until the block ends; yield
     its base URL once it answers. Stopping it closes its pool, so the next app starts afresh."""
-    port = _free_port()
+    port = free_port()
     command = [
         str(app.project / ".venv/bin/python"),
         "-m",
@@ -107,7 +107,8 @@ def serve(app: App, log: Path) -> Iterator[str]:
             _stop(server)
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A loopback port that nothing listens on now (the OS picks it)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]

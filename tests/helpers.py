@@ -12,9 +12,10 @@ from typing import Any
 import pytest
 from copier import run_copy
 
-# The repository's root, the rendered package, uv and the environment of a rendered project's
-# tools are the benchmark's too: one definition for both.
+# The repository's root, the rendered package, uv, the environment of a rendered project's
+# tools and a free port are the benchmark's too: one definition for both.
 from bench.projects import PACKAGE, ROOT, tool_env
+from bench.servers import free_port
 
 PROBE_SERVER = Path(__file__).resolve().parent / "probe_server.py"
 
@@ -70,13 +71,6 @@ def run(
         f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
     )
     return result
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @contextmanager
