@@ -39,6 +39,8 @@ TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL")
 requires_postgresql = pytest.mark.skipif(
     not TEST_DATABASE_URL, reason="set TEST_DATABASE_URL to run the PostgreSQL checks"
 )
+# Why a rendered project's PostgreSQL-only tests skip on SQLite, its default.
+POSTGRESQL_ONLY = "PostgreSQL only: set TEST_DATABASE_URL"
 
 
 def variant_param(name: str) -> Any:
@@ -113,3 +115,13 @@ def _wait_until_listening(port: int, server: subprocess.Popen[bytes], log: Path)
                 return
         time.sleep(0.05)
     pytest.fail(f"the server did not listen on port {port} within 30 s:\n{log.read_text()}")
+
+
+def unexpected_skips(pytest_output: str) -> list[str]:
+    """The lines of a rendered suite's report (`-ra`) that tell of a test skipped for another
+    reason than needing PostgreSQL: on SQLite, everything else must run."""
+    return [
+        line
+        for line in pytest_output.splitlines()
+        if line.startswith("SKIPPED") and not line.endswith(POSTGRESQL_ONLY)
+    ]
