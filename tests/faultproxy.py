@@ -38,6 +38,7 @@ class FaultProxy:
         tb: TracebackType | None,
     ) -> None:
         self.cut()
+        self._call(self._finish_forwarding())
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)
         self._loop.close()
@@ -64,15 +65,30 @@ class FaultProxy:
             writer.transport.abort()
         self._writers.clear()
 
+    async def _finish_forwarding(self) -> None:
+        """Cancel the forwarding tasks still running, then let the aborted transports close."""
+        tasks = asyncio.all_tasks() - {asyncio.current_task()}
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.sleep(0)
+
     async def _forward(
         self, client_reader: asyncio.StreamReader, client: asyncio.StreamWriter
     ) -> None:
+        # Known from the start, so that a cut while the server connection opens aborts it too.
+        self._writers.add(client)
         try:
             server_reader, server = await asyncio.open_connection("127.0.0.1", self.target_port)
         except OSError:
             client.transport.abort()
+            self._writers.discard(client)
             return
-        self._writers |= {client, server}
+        if client.transport.is_closing():
+            # Cut while connecting.
+            server.transport.abort()
+            return
+        self._writers.add(server)
         await asyncio.gather(_pipe(client_reader, server), _pipe(server_reader, client))
         self._writers -= {client, server}
 
