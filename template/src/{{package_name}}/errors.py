@@ -1,8 +1,11 @@
-"""Error responses: database outages and pool exhaustion become `503` with `Retry-After`, and
-invalid requests a `422` that can always be encoded."""
+"""Error responses: a database outage or an exhausted pool becomes `503` with `Retry-After`; a
+database that lacks the app's tables a `500` whose log line says so; an invalid request a `422`
+that can always be encoded."""
 
 import json
 import logging
+import re
+import sqlite3
 from collections.abc import Iterator
 from typing import Any, Final
 
@@ -24,10 +27,24 @@ DATABASE_UNAVAILABLE: Final[dict[int | str, dict[str, Any]]] = {
     },
 }
 
-
 # SQLSTATE classes of a server that cannot take work: connection exceptions (08), insufficient
 # resources such as too many connections (53), shutdown or start-up in progress (57P).
 UNAVAILABLE_SQLSTATES: Final = ("08", "53", "57P")
+# SQLite's primary result codes for a database that is busy, locked or cannot be opened.
+UNAVAILABLE_SQLITE_CODES: Final = frozenset(
+    {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_CANTOPEN}
+)
+# A table or a column that the models have and the database lacks: PostgreSQL's undefined
+# table (42P01) and column (42703); SQLite tells them apart only in its message.
+MISSING_TABLE_SQLSTATE: Final = "42P01"
+MISSING_COLUMN_SQLSTATE: Final = "42703"
+SQLITE_MISSING_TABLE: Final = re.compile(r"^no such table: ")
+SQLITE_MISSING_COLUMN: Final = re.compile(r"^no such column: |^table \S+ has no column named ")
+INIT_DB: Final = f"python -m {__package__} init-db"
+
+
+class DatabaseUnavailableError(Exception):
+    """The database could not be reached: a connection was refused, or timed out."""
 
 
 def is_unavailable(error: BaseException) -> bool:
@@ -35,7 +52,7 @@ def is_unavailable(error: BaseException) -> bool:
     return any(_means_unavailable(cause) for cause in _causes(error))
 
 
-def _causes(error: BaseException) -> Iterator[BaseException]:
+def _causes(error: BaseException | None) -> Iterator[BaseException]:
     """`error`, then what caused it: SQLAlchemy's error wraps the driver's, which may wrap more."""
     cause: BaseException | None = error
     while cause is not None:
@@ -44,28 +61,54 @@ def _causes(error: BaseException) -> Iterator[BaseException]:
 
 
 def _means_unavailable(error: BaseException) -> bool:
-    if isinstance(error, exc.DBAPIError):
-        return error.connection_invalidated or isinstance(
-            error, exc.OperationalError | exc.InterfaceError
-        )
-    # Pool exhausted, connection refused or reset, connect timed out, connection lost mid-query.
-    if isinstance(
-        error, exc.TimeoutError | OSError | TimeoutError | asyncpg.ConnectionDoesNotExistError
-    ):
+    # Refused or timed out at connect (see `database.py`), or the pool has no free connection.
+    if isinstance(error, DatabaseUnavailableError | exc.TimeoutError):
         return True
+    if isinstance(error, exc.DBAPIError):
+        return error.connection_invalidated or any(
+            _driver_means_unavailable(cause) for cause in _causes(error.orig)
+        )
+    return False
+
+
+def _driver_means_unavailable(error: BaseException) -> bool:
+    """What the driver raised, inside a SQLAlchemy error: a connection lost mid-statement, or the
+    server's (or SQLite's) word that it cannot take work."""
+    if isinstance(error, OSError | asyncpg.ConnectionDoesNotExistError):
+        return True
+    if isinstance(error, sqlite3.Error):
+        return error.sqlite_errorcode & 0xFF in UNAVAILABLE_SQLITE_CODES
     sqlstate = getattr(error, "sqlstate", None)
     return isinstance(sqlstate, str) and sqlstate.startswith(UNAVAILABLE_SQLSTATES)
 
 
-async def database_unavailable(request: Request, error: Exception) -> JSONResponse:
-    if not is_unavailable(error):
-        raise error
-    logger.warning("%s %s: database unavailable: %r", request.method, request.url.path, error)
-    return JSONResponse(
-        {"detail": "The database is unavailable; retry later"},
-        status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
-        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
-    )
+def schema_mismatch(error: exc.DBAPIError) -> str | None:
+    """What is wrong when `error` says that a table or a column of the models is missing."""
+    sqlstate = getattr(error.orig, "sqlstate", None)
+    message = str(error.orig).splitlines()[0]
+    if sqlstate == MISSING_TABLE_SQLSTATE or SQLITE_MISSING_TABLE.match(message):
+        return f"the database lacks a table of the app ({message}): run `{INIT_DB}`"
+    if sqlstate == MISSING_COLUMN_SQLSTATE or SQLITE_MISSING_COLUMN.match(message):
+        return f"the database's tables lack a column of the models ({message})"
+    return None
+
+
+async def database_error(request: Request, error: Exception) -> JSONResponse:
+    """`503` for an outage; `500`, logged with the reason, for a database the app cannot use."""
+    if is_unavailable(error):
+        logger.warning("%s %s: database unavailable: %r", request.method, request.url.path, error)
+        return JSONResponse(
+            {"detail": "The database is unavailable; retry later"},
+            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
+    if isinstance(error, exc.DBAPIError) and (reason := schema_mismatch(error)):
+        logger.error("%s %s: %s", request.method, request.url.path, reason)
+        return JSONResponse(
+            {"detail": "Internal Server Error"},
+            status_code=status.HTTP_500_INTERNAL_SERVER_ERROR,
+        )
+    raise error
 
 
 class AsciiJSONResponse(JSONResponse):
@@ -87,5 +130,5 @@ async def invalid_request(request: Request, error: Exception) -> JSONResponse:
 
 def add_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, invalid_request)
-    for error in (exc.DBAPIError, exc.TimeoutError, OSError, TimeoutError):
-        app.add_exception_handler(error, database_unavailable)
+    for error in (exc.DBAPIError, exc.TimeoutError, DatabaseUnavailableError):
+        app.add_exception_handler(error, database_error)

@@ -7,7 +7,7 @@ from fastapi import APIRouter
 from sqlalchemy import text
 
 from ..dependencies import DatabaseDep
-from ..errors import DATABASE_UNAVAILABLE
+from ..errors import DATABASE_UNAVAILABLE, DatabaseUnavailableError
 from ..schemas import HealthStatus
 
 # Answer 503 rather than keep a load balancer waiting when the database hangs.
@@ -20,9 +20,13 @@ router = APIRouter(tags=["health"], responses=DATABASE_UNAVAILABLE)
 @router.get("/health")
 async def health(database: DatabaseDep) -> HealthStatus:
     # The timeout covers taking the connection too: its pre-ping waits on the database as well.
-    async with (
-        asyncio.timeout(HEALTH_TIMEOUT_SECONDS),
-        database.read_engine.connect() as connection,
-    ):
-        await connection.execute(PING)
+    try:
+        async with (
+            asyncio.timeout(HEALTH_TIMEOUT_SECONDS),
+            database.autocommit_engine.connect() as connection,
+        ):
+            await connection.execute(PING)
+    except TimeoutError as error:
+        msg = f"no answer to {PING} within {HEALTH_TIMEOUT_SECONDS} s"
+        raise DatabaseUnavailableError(msg) from error
     return HealthStatus(status="ok")
