@@ -18,8 +18,8 @@ async def test_create_city(client: AsyncClient) -> None:
 
     assert response.status_code == 201
     body = response.json()
-    assert body == {"id": body["id"], "name": "Lyon", "population": 522_250}
     assert isinstance(body["id"], int)
+    assert (body["name"], body["population"]) == ("Lyon", 522_250)
 
 
 async def test_duplicate_name_is_409_and_writes_nothing(client: AsyncClient) -> None:
@@ -49,7 +49,7 @@ async def test_duplicate_name_is_409_and_writes_nothing(client: AsyncClient) -> 
         {"name": "Lyon", "population": 2**63},
         {"name": "Lyon", "population": 1.5},
         {"name": "Lyon", "population": "12"},
-        {"name": "Lyon", "population": 1, "country": "FR"},
+        {"name": "Lyon", "population": 1, "not_a_field": "x"},
     ],
 )
 async def test_invalid_body_is_422_and_writes_nothing(
