@@ -89,7 +89,10 @@ def schema_mismatch(error: exc.DBAPIError) -> str | None:
     if sqlstate == MISSING_TABLE_SQLSTATE or SQLITE_MISSING_TABLE.match(message):
         return f"the database lacks a table of the app ({message}): run `{INIT_DB}`"
     if sqlstate == MISSING_COLUMN_SQLSTATE or SQLITE_MISSING_COLUMN.match(message):
-        return f"the database's tables lack a column of the models ({message})"
+        return (
+            f"the database's tables lack a column of the models ({message}): run `{INIT_DB}`"
+            " to apply the migrations, or write the migration that adds it"
+        )
     return None
 
 
