@@ -1,5 +1,5 @@
 """The README's path for a newcomer, taken literally: render with its first command, put the
-project in git and update it as "Updating a project" says; then extend the service."""
+project in git and update it as "Updating a project" says."""
 
 import re
 import shutil
@@ -8,9 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.projects import UV
-
-from .helpers import ROOT, render, run, unexpected_skips
+from .helpers import ROOT, run, unexpected_skips
 from .test_update import GIT_IDENTITY, commit, git, replace
 
 README = ROOT / "README.md"
@@ -67,52 +65,3 @@ def test_the_readme_render_passes_its_tests_and_updates_as_documented(
         git(template_clone, "rev-parse", "--short", "HEAD").strip()
         in (project / ".copier-answers.yml").read_text()
     )
-
-
-# A field added the way the rendered README's "Adding a field" says.
-COUNTRY_COLUMN = "    country: Mapped[str | None] = mapped_column(String(100))\n"
-COUNTRY_TEST = '''"""The field the user added."""
-
-from httpx import AsyncClient
-
-
-async def test_country_is_stored_and_answered(client: AsyncClient) -> None:
-    body = {"name": "Lyon", "population": 522_250, "country": "FR"}
-
-    created = await client.post("/cities", json=body)
-    without = await client.post("/cities", json={"name": "Nice", "population": 1})
-
-    assert created.status_code == 201, created.text
-    assert created.json()["country"] == "FR"
-    assert without.json()["country"] is None
-    biggest = (await client.get("/cities/biggest")).json()
-    assert [city["country"] for city in biggest] == ["FR", None]
-'''
-
-
-def add_country(project: Path) -> None:
-    package = project / "src/cities_service"
-    replace(
-        package / "models.py",
-        "    population: Mapped[int] = mapped_column(BigInteger)\n",
-        f"    population: Mapped[int] = mapped_column(BigInteger)\n{COUNTRY_COLUMN}",
-    )
-    schemas = package / "schemas.py"
-    population_in = "    population: Annotated[int, Field(ge=0, le=BIGINT_MAX)]\n"
-    replace(schemas, population_in, f"{population_in}    country: str | None = None\n")
-    replace(schemas, "    population: int\n", "    population: int\n    country: str | None\n")
-    (project / "tests/test_country.py").write_text(COUNTRY_TEST)
-
-
-@pytest.mark.render
-def test_a_field_added_as_the_readme_says_flows_through(tmp_path: Path) -> None:
-    project = render(tmp_path / "project")
-    assert "## Adding a field" in (project / "README.md").read_text()
-    add_country(project)
-
-    run([UV, "sync", "--quiet"], project)
-    result = run([UV, "run", "--no-sync", "pytest", "-q", "-p", "no:cacheprovider"], project)
-    run([UV, "run", "--no-sync", "mypy"], project)
-
-    assert " passed" in result.stdout
-    assert unexpected_skips(result.stdout) == []

@@ -72,12 +72,14 @@ def database_url(project: Path, tmp_path: Path) -> Iterator[str]:
 
 
 def test_served_app_answers_the_contract(project: Path, database_url: str, tmp_path: Path) -> None:
-    """`init-db`, then the app under uvicorn: endpoints, status codes, and where the tables are."""
+    """`init-db` (the migrations), then the app under uvicorn: endpoints, status codes, and
+    where the tables are."""
     answers = yaml.safe_load((project / ".copier-answers.yml").read_text())
     env = {"DATABASE_URL": database_url}
     python_m = [str(project / ".venv/bin/python"), "-m", PACKAGE, "init-db"]
-    assert "ready" in run(python_m, project, env).stdout
-    run([str(project / ".venv/bin/cities-service"), "init-db"], project, env)  # idempotent
+    assert "upgraded from revision none to" in run(python_m, project, env).stdout
+    again = run([str(project / ".venv/bin/cities-service"), "init-db"], project, env)
+    assert "up to date" in again.stdout
 
     with (
         serve(project, env, tmp_path / "server.log") as base_url,
@@ -100,7 +102,10 @@ def test_served_app_answers_the_contract(project: Path, database_url: str, tmp_p
             "SELECT table_schema, table_name FROM information_schema.tables"
             " WHERE table_schema NOT IN ('pg_catalog', 'information_schema')",
         )
-        assert [tuple(table) for table in tables] == [(schema, "cities")]
+        assert {tuple(table) for table in tables} == {
+            (schema, "cities"),
+            (schema, "alembic_version"),
+        }
         sessions = fetch(
             TEST_DATABASE_URL or "",
             "SELECT count(*) FROM pg_stat_activity WHERE datname = $1",
