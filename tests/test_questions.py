@@ -60,6 +60,37 @@ def test_package_name_is_derived_from_project_name(
         ("postgresql://app@db:5433/cities", "postgresql+asyncpg://app@db:5433/cities"),
         ("postgresql+asyncpg://app@[::1]/cities", "postgresql+asyncpg://app@[::1]/cities"),
         ("sqlite+aiosqlite:////var/lib/cities.db", "sqlite+aiosqlite:////var/lib/cities.db"),
+        # Unix sockets: a directory, or Cloud SQL's instance path.
+        (
+            "postgresql://app@/cities?host=/var/run/postgresql",
+            "postgresql+asyncpg://app@/cities?host=/var/run/postgresql",
+        ),
+        (
+            "postgresql+asyncpg://app@/cities?host=/cloudsql/project:region:instance",
+            "postgresql+asyncpg://app@/cities?host=/cloudsql/project:region:instance",
+        ),
+        # A failover list, tried in turn.
+        (
+            "postgres://app@/cities?host=db1:5432&host=db2:5432&target_session_attrs=read-write",
+            "postgresql+asyncpg://app@/cities?host=db1:5432&host=db2:5432&target_session_attrs=read-write",
+        ),
+        # libpq's SSL parameters, and asyncpg's spelling of the mode.
+        (
+            "postgresql://app@db/cities?sslmode=require",
+            "postgresql+asyncpg://app@db/cities?sslmode=require",
+        ),
+        (
+            "postgresql://app@db/cities?sslmode=verify-full&sslrootcert=/etc/ssl/root.crt",
+            "postgresql+asyncpg://app@db/cities?sslmode=verify-full&sslrootcert=/etc/ssl/root.crt",
+        ),
+        (
+            "postgresql://app@db/cities?sslmode=verify-ca&sslcert=~/app.crt&sslkey=~/app.key",
+            "postgresql+asyncpg://app@db/cities?sslmode=verify-ca&sslcert=~/app.crt&sslkey=~/app.key",
+        ),
+        (
+            "postgresql+asyncpg://app@db/cities?ssl=prefer",
+            "postgresql+asyncpg://app@db/cities?ssl=prefer",
+        ),
     ],
 )
 def test_database_url_is_rendered_with_the_async_driver(
@@ -122,6 +153,45 @@ BAD_ANSWERS = [
     ({"database_url": "cities.db"}, "Unsupported database URL"),
     ({"database_url": "postgresql://app:hunter2@db/cities"}, "must not contain a password"),
     ({"database_url": "postgresql+asyncpg://app:@db/cities"}, "must not contain a password"),
+    (
+        {"database_url": "postgresql://app@db/cities?password=hunter2"},
+        "must not contain a password",
+    ),
+    (
+        {"database_url": "postgresql://app@db/cities?sslmode=require&PassWord=hunter2"},
+        "must not contain a password",
+    ),
+    (
+        {"database_url": "postgresql://app@db/cities?sslpassword=hunter2"},
+        "must not contain a password",
+    ),
+    ({"database_url": "postgresql://app@db1:5432,db2:5432/cities"}, "To list several hosts"),
+    ({"database_url": "postgresql://app@/cities?host=db1&host=db2"}, "needs its port"),
+    ({"database_url": "postgresql://app@/cities?host=db1:5432&host=db2"}, "needs its port"),
+    ({"database_url": "postgresql://app@db/cities?sslmode=required"}, "Unsupported sslmode"),
+    ({"database_url": "postgresql://app@db/cities?ssl=true"}, "Unsupported sslmode"),
+    (
+        {"database_url": "postgresql://app@db/cities?sslmode=require&ssl=require"},
+        "SSL parameter once",
+    ),
+    (
+        {"database_url": "postgresql://app@db/cities?sslmode=require&sslmode=disable"},
+        "SSL parameter once",
+    ),
+    (
+        {"database_url": "postgresql://app@db/cities?sslmode=prefer&sslrootcert=/root.crt"},
+        "need sslmode=require, verify-ca or verify-full",
+    ),
+    (
+        {"database_url": "postgresql://app@db/cities?sslrootcert=/root.crt"},
+        "need sslmode=require, verify-ca or verify-full",
+    ),
+    (
+        {"database_url": "postgresql://app@db/cities?sslmode=require&sslkey=/k"},
+        "sslkey needs sslcert",
+    ),
+    ({"database_url": "postgresql://app@/cities?host=/run/$(reboot)"}, "Malformed PostgreSQL URL"),
+    ({"database_url": "postgresql://app@db/cities?sslmode"}, "Malformed PostgreSQL URL"),
     ({"database_url": "postgresql://db"}, "Malformed PostgreSQL URL"),
     ({"database_url": "postgresql://app@/cities"}, "Malformed PostgreSQL URL"),
     ({"database_url": "postgresql://app@db/cities; DROP TABLE x"}, "must not contain spaces"),
