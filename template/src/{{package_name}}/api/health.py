@@ -23,7 +23,7 @@ async def health(database: DatabaseDep) -> HealthStatus:
     try:
         async with (
             asyncio.timeout(HEALTH_TIMEOUT_SECONDS),
-            database.autocommit_engine.connect() as connection,
+            database.read_engine.connect() as connection,
         ):
             await connection.execute(PING)
     except TimeoutError as error:
