@@ -43,6 +43,11 @@ async def test_duplicate_name_is_409_and_writes_nothing(client: AsyncClient) -> 
         {"name": "", "population": 1},
         {"name": "   ", "population": 1},
         {"name": "x" * 101, "population": 1},
+        # The limits apply to the name as sent, as the OpenAPI document says, before it is
+        # stripped of its surrounding whitespace.
+        {"name": "x" * 100 + " ", "population": 1},
+        {"name": "Lyon\n", "population": 1},
+        {"name": "\u3000", "population": 1},
         {"name": "Ly\x00on", "population": 1},
         {"name": 42, "population": 1},
         {"name": "Lyon", "population": -1},

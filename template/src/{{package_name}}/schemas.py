@@ -2,21 +2,26 @@
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 from .models import NAME_MAX_LENGTH
 
-BIGINT_MAX = 2**63 - 1
+# Populations are BIGINTs: below 2**63. Given as `le=2**63 - 1`, the bound would read 2**63 in the
+# OpenAPI document, which writes bounds as floats (2**63 is the float nearest to 2**63 - 1).
+BIGINT_END = 2**63
 
+# The constraints apply to the name as sent, so that the OpenAPI document states exactly what is
+# accepted; the name is stored without its surrounding whitespace.
 CityName = Annotated[
     str,
     StringConstraints(
-        strip_whitespace=True,
         min_length=1,
         max_length=NAME_MAX_LENGTH,
-        # No control characters: PostgreSQL refuses NUL in text, and none belongs in a name.
-        pattern=r"^[^\x00-\x1f\x7f]+$",
+        # Something besides whitespace, and no control characters: PostgreSQL refuses NUL in
+        # text, and none belongs in a name.
+        pattern=r"^[^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f][^\x00-\x1f\x7f]*$",
     ),
+    AfterValidator(str.strip),
 ]
 
 
@@ -24,7 +29,7 @@ class CityCreate(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     name: CityName
-    population: Annotated[int, Field(ge=0, le=BIGINT_MAX)]
+    population: Annotated[int, Field(ge=0, lt=BIGINT_END)]
 
 
 class CityRead(BaseModel):
