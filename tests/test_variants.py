@@ -14,6 +14,7 @@ from .helpers import (
     PACKAGE,
     TEST_DATABASE_URL,
     VARIANTS,
+    render,
     requires_postgresql,
     run,
     serve,
@@ -57,6 +58,21 @@ def test_suite_on_postgresql(project: Path) -> None:
     )
     assert " passed" in result.stdout
     assert "skipped" not in result.stdout
+
+
+@pytest.mark.xdist_group("lowest")
+def test_suite_at_the_lowest_allowed_versions(tmp_path: Path) -> None:
+    """The floors of the rendered pyproject.toml hold: with each direct dependency at the lowest
+    version it allows (and the others at their latest), the suite passes, as the project's CI
+    checks. On SQLite, and on PostgreSQL with TEST_DATABASE_URL."""
+    project = render(tmp_path / "project", **VARIANTS["postgresql-plain-schema"])
+    lowest = {"UV_RESOLUTION": "lowest-direct"}
+    run([UV, "sync"], project, lowest)
+    pytest_args = [UV, "run", "--no-sync", "pytest", "-q", "-p", "no:cacheprovider"]
+    assert " passed" in run(pytest_args, project, lowest).stdout
+    if TEST_DATABASE_URL:
+        on_postgresql = lowest | {"TEST_DATABASE_URL": TEST_DATABASE_URL}
+        assert "skipped" not in run(pytest_args, project, on_postgresql).stdout
 
 
 @pytest.fixture

@@ -43,6 +43,11 @@ async def test_duplicate_name_is_409_and_writes_nothing(client: AsyncClient) -> 
         {"name": "", "population": 1},
         {"name": "   ", "population": 1},
         {"name": "x" * 101, "population": 1},
+        # The limits apply to the name as sent, as the OpenAPI document says, before it is
+        # stripped of its surrounding whitespace.
+        {"name": "x" * 100 + " ", "population": 1},
+        {"name": "Lyon\n", "population": 1},
+        {"name": "\u3000", "population": 1},
         {"name": "Ly\x00on", "population": 1},
         {"name": 42, "population": 1},
         {"name": "Lyon", "population": -1},
@@ -67,6 +72,10 @@ async def test_invalid_body_is_422_and_writes_nothing(
         (b'{"name": "Lyon",', "application/json"),
         (b'{"name": "\\ud800", "population": 1}', "application/json"),
         (b"[1, 2]", "application/json"),
+        # Not UTF-8, or nested too deep to decode: FastAPI alone answers an undocumented 400.
+        (b"A$\xffK!S\x05\xfe", "application/json"),
+        (b'{"name": "\xff", "population": 1}', "application/json"),
+        pytest.param(b"[" * 100_000 + b"]" * 100_000, "application/json", id="nested-too-deep"),
         (b'{"name": "Lyon", "population": 1}', "text/plain"),
         (b"name=Lyon&population=1", "application/x-www-form-urlencoded"),
     ],
@@ -116,3 +125,10 @@ async def test_biggest_limit_out_of_range_is_422(client: AsyncClient, limit: str
     response = await client.get("/cities/biggest", params={"limit": limit})
 
     assert response.status_code == 422
+
+
+async def test_openapi_documents_every_answer(client: AsyncClient) -> None:
+    paths = (await client.get("/openapi.json")).json()["paths"]
+
+    assert set(paths["/cities"]["post"]["responses"]) == {"201", "409", "422", "503"}
+    assert set(paths["/cities/biggest"]["get"]["responses"]) == {"200", "422", "503"}

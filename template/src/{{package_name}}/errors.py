@@ -10,11 +10,13 @@ from collections.abc import Iterator
 from typing import Any, Final
 
 import asyncpg
-from fastapi import FastAPI, Request, status
+from fastapi import FastAPI, Request, Response, status
 from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import exc
+from starlette.exceptions import HTTPException
 
 logger = logging.getLogger(__name__)
 
@@ -131,7 +133,21 @@ async def invalid_request(request: Request, error: Exception) -> JSONResponse:
     )
 
 
+async def undecodable_body(request: Request, error: Exception) -> Response:
+    """The `422` of malformed JSON for a body that is not UTF-8 or nests too deep to decode,
+    which FastAPI answers with an undocumented `400`; other HTTP errors as FastAPI answers them."""
+    if not isinstance(error, HTTPException):
+        raise error
+    cause = error.__cause__
+    if not isinstance(cause, UnicodeDecodeError | RecursionError):
+        return await http_exception_handler(request, error)
+    decode_error = {"type": "json_invalid", "loc": ("body",), "msg": "JSON decode error"}
+    detail = decode_error | {"input": {}, "ctx": {"error": str(cause)}}
+    return await invalid_request(request, RequestValidationError([detail]))
+
+
 def add_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, invalid_request)
+    app.add_exception_handler(HTTPException, undecodable_body)
     for error in (exc.DBAPIError, exc.TimeoutError, DatabaseUnavailableError):
         app.add_exception_handler(error, database_error)

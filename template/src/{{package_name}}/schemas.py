@@ -2,21 +2,24 @@
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 from .models import NAME_MAX_LENGTH
 
 BIGINT_MAX = 2**63 - 1
 
+# The constraints apply to the name as sent, so that the OpenAPI document states exactly what is
+# accepted; the name is stored without its surrounding whitespace.
 CityName = Annotated[
     str,
     StringConstraints(
-        strip_whitespace=True,
         min_length=1,
         max_length=NAME_MAX_LENGTH,
-        # No control characters: PostgreSQL refuses NUL in text, and none belongs in a name.
-        pattern=r"^[^\x00-\x1f\x7f]+$",
+        # Something besides whitespace, and no control characters: PostgreSQL refuses NUL in
+        # text, and none belongs in a name.
+        pattern=r"^[^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f][^\x00-\x1f\x7f]*$",
     ),
+    AfterValidator(str.strip),
 ]
 
 
