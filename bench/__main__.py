@@ -15,13 +15,14 @@ import time
 import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any, Final
 
-from . import database, projects, report, servers, wrk
+from . import database, pgbouncer, projects, report, scale_out, servers, wrk
 from .projects import Project
 from .results import REFERENCES, Measurement, check_targets, summarize
 from .servers import App, Pool
@@ -30,7 +31,7 @@ logger = logging.getLogger("bench")
 
 DEFAULT_OUT: Final = Path(__file__).resolve().parent / "results"
 DEFAULT_DATABASE_URL: Final = "postgresql://postgres@127.0.0.1:5432/test"
-# What a full run measures (about seven minutes), and what --smoke measures (a few seconds).
+# What a full run measures (about 7.5 minutes), and what --smoke measures (a few seconds).
 # Many short rounds rather than a few long ones: the two runs of a round are closer in time, and
 # the median of a round's ratios has more rounds to settle on.
 FULL: Final[dict[str, Any]] = {
@@ -63,6 +64,9 @@ class Options:
     database_url: str
     out: Path
     smoke: bool
+    workers: int = 1
+    pooler: str = "none"
+    scale_out: bool = False
 
     @property
     def load(self) -> wrk.Load:
@@ -89,8 +93,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if wrk_path is None:
         sys.stderr.write(wrk.INSTALL_HINT + "\n")
         return 2
+    pgbouncer_path = pgbouncer.find_pgbouncer()
+    if pgbouncer_path is None and (options.scale_out or options.pooler == "pgbouncer"):
+        sys.stderr.write(pgbouncer.INSTALL_HINT + "\n")
+        return 2
     try:
-        outcome = run(options, wrk_path)
+        if options.scale_out:
+            assert pgbouncer_path
+            run_scale_out(options, wrk_path, pgbouncer_path)
+            return 0
+        outcome = run(options, wrk_path, pgbouncer_path)
     except KeyboardInterrupt:
         logger.error("interrupted: servers stopped, scratch database dropped")
         return 130
@@ -150,6 +162,25 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         help="the variants' DB_MAX_OVERFLOW (default %(default)s)",
     )
     parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="uvicorn workers of every app, which share its pool's connections (default 1)",
+    )
+    parser.add_argument(
+        "--pooler",
+        choices=("none", "pgbouncer"),
+        default="none",
+        help="`pgbouncer`: the variants connect through a PgBouncer of the run's own, in "
+        "transaction pooling mode, with DB_POOLER=pgbouncer (default none)",
+    )
+    parser.add_argument(
+        "--scale-out",
+        action="store_true",
+        help="instead: the plain variant with 1 and 2 workers, direct and through PgBouncer, "
+        "side by side (writes scale-out.json)",
+    )
+    parser.add_argument(
         "--database-url",
         default=DEFAULT_DATABASE_URL,
         help="a database on the PostgreSQL server to use; the run makes a scratch database "
@@ -173,10 +204,13 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         database_url=args.database_url,
         out=args.out,
         smoke=args.smoke,
+        workers=args.workers,
+        pooler=args.pooler,
+        scale_out=args.scale_out,
     )
 
 
-def run(options: Options, wrk_path: str) -> Outcome:
+def run(options: Options, wrk_path: str, pgbouncer_path: str | None) -> Outcome:
     """Render and install the variants, make and seed the database, then measure every app."""
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
     start = time.monotonic()
@@ -185,14 +219,27 @@ def run(options: Options, wrk_path: str) -> Outcome:
     with (
         tempfile.TemporaryDirectory(prefix="bench-") as workdir,
         database.scratch_database(server_url, prefix="bench") as database_url,
+        ExitStack() as stack,
     ):
         rendered = [
             _prepare(name, Path(workdir) / name, database_url, time_suite=not options.smoke)
             for name in options.variants
         ]
-        apps = [servers.variant_app(project, database_url, options.pool) for project in rendered]
+        variants_url = database_url
+        if options.pooler == "pgbouncer":
+            assert pgbouncer_path
+            bouncer = stack.enter_context(_pgbouncer(pgbouncer_path, database_url))
+            variants_url = bouncer.url
+        apps = [
+            servers.variant_app(
+                project, variants_url, options.pool, workers=options.workers, pooler=options.pooler
+            )
+            for project in rendered
+        ]
         apps += [
-            servers.reference_app(name, rendered[0], database_url, options.pool)
+            servers.reference_app(
+                name, rendered[0], database_url, options.pool, workers=options.workers
+            )
             for name in REFERENCES
         ]
         _create_tables(apps, database_url)
@@ -201,6 +248,50 @@ def run(options: Options, wrk_path: str) -> Outcome:
         measurements = _measure(apps, options, wrk_path, Path(workdir))
         machine = _machine(rendered[0], database_url, wrk_path, options)
     return Outcome(started_at, time.monotonic() - start, rendered, measurements, machine)
+
+
+def _pgbouncer(binary: str, database_url: str) -> AbstractContextManager[pgbouncer.PgBouncer]:
+    return pgbouncer.pgbouncer(binary, database_url, pool_size=scale_out.PGBOUNCER_SERVER_POOL)
+
+
+def run_scale_out(options: Options, wrk_path: str, pgbouncer_path: str) -> None:
+    """The plain variant in each configuration of `scale_out`, side by side; the table and the
+    targets on stdout, every round in `scale-out.json`."""
+    start = time.monotonic()
+    server_url = database.dsn(options.database_url)
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-") as workdir,
+        database.scratch_database(server_url, prefix="bench") as database_url,
+        _pgbouncer(pgbouncer_path, database_url) as bouncer,
+    ):
+        project = _prepare("plain", Path(workdir) / "plain", database_url, time_suite=False)
+        projects.init_db(project.path, database_url, schema=project.name)
+        database.seed(database_url, [project.name], options.seed_rows)
+        apps = scale_out.apps(project, database_url, bouncer.url, options.pool)
+        warmup = wrk.Load(options.connections, options.warmup)
+        measurements = scale_out.measure(
+            apps, options.load, warmup, options.rounds, wrk_path, Path(workdir)
+        )
+        machine = _machine(project, database_url, wrk_path, options)
+    rows, ratios = scale_out.rows(measurements), scale_out.ratios(measurements)
+    checked = scale_out.targets(ratios)
+    sys.stdout.write(scale_out.table(rows, ratios))
+    sys.stdout.write("\nTargets (reported, never enforced):\n" + report.targets(checked))
+    options.out.mkdir(parents=True, exist_ok=True)
+    json_path = options.out / "scale-out.json"
+    report.write_json(
+        json_path,
+        {
+            "wall_seconds": round(time.monotonic() - start, 1),
+            "options": asdict(options) | {"out": str(options.out)},
+            "machine": machine | {"pgbouncer_server_pool": scale_out.PGBOUNCER_SERVER_POOL},
+            "rounds": [asdict(measurement) for measurement in measurements],
+            "rows": [asdict(row) for row in rows],
+            "ratios": [asdict(ratio) for ratio in ratios],
+            "targets": [asdict(target) for target in checked],
+        },
+    )
+    sys.stdout.write(f"\nWall time {time.monotonic() - start:.0f} s. Wrote {json_path}\n")
 
 
 def _prepare(name: str, path: Path, database_url: str, *, time_suite: bool) -> Project:

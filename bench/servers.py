@@ -35,6 +35,7 @@ class App:
     project: Path
     env: Mapping[str, str] = field(default_factory=dict)
     app_dir: Path | None = None
+    workers: int = 1
 
 
 @dataclass(frozen=True)
@@ -44,19 +45,36 @@ class Pool:
     size: int
     max_overflow: int
 
+    def per_worker(self, workers: int) -> "Pool":
+        """The pool of each of `workers` processes that share this one's connections."""
+        return Pool(max(1, self.size // workers), self.max_overflow // workers)
 
-def variant_app(project: Project, database_url: str, pool: Pool) -> App:
-    """A rendered variant, configured as its users would: through its settings' variables."""
+
+def variant_app(
+    project: Project,
+    database_url: str,
+    pool: Pool,
+    *,
+    workers: int = 1,
+    pooler: str = "none",
+    name: str | None = None,
+) -> App:
+    """A rendered variant, configured as its users would: through its settings' variables.
+    Its `workers` share `pool`'s connections; `pooler` is its `DB_POOLER`."""
+    pool = pool.per_worker(workers)
     env = {
         "DATABASE_URL": database_url,
         "DB_SCHEMA": project.name,
         "DB_POOL_SIZE": str(pool.size),
         "DB_MAX_OVERFLOW": str(pool.max_overflow),
+        "DB_POOLER": pooler,
     }
-    return App(project.name, f"{PACKAGE}.main:app", project.path, env)
+    return App(name or project.name, f"{PACKAGE}.main:app", project.path, env, workers=workers)
 
 
-def reference_app(name: str, project: Project, database_url: str, pool: Pool) -> App:
+def reference_app(
+    name: str, project: Project, database_url: str, pool: Pool, *, workers: int = 1
+) -> App:
     """A reference app of `apps/`, in the virtualenv of a rendered `project`.
 
     raw_asyncpg gets as many connections as a variant can open, so that it is their ceiling at
@@ -66,15 +84,15 @@ def reference_app(name: str, project: Project, database_url: str, pool: Pool) ->
         "BENCH_SCHEMA": name,
         "BENCH_DSN": database_url,
         "BENCH_DATABASE_URL": urlsplit(database_url)._replace(scheme="postgresql+asyncpg").geturl(),
-        "BENCH_POOL_SIZE": str(pool.size + pool.max_overflow),
+        "BENCH_POOL_SIZE": str(max(1, (pool.size + pool.max_overflow) // workers)),
     }
-    return App(name, f"{name}:app", project.path, env, REFERENCE_APPS_DIR)
+    return App(name, f"{name}:app", project.path, env, REFERENCE_APPS_DIR, workers)
 
 
 @contextmanager
 def serve(app: App, log: Path) -> Iterator[str]:
-    """Serve `app` with one uvicorn worker on a free loopback port until the block ends; yield
-    its base URL once it answers. Stopping it closes its pool, so the next app starts afresh."""
+    """Serve `app` with its uvicorn workers on a free loopback port until the block ends; yield
+    its base URL once it answers. Stopping it closes its pools, so the next app starts afresh."""
     port = free_port()
     command = [
         str(app.project / ".venv/bin/python"),
@@ -83,7 +101,7 @@ def serve(app: App, log: Path) -> Iterator[str]:
         app.target,
         "--host=127.0.0.1",
         f"--port={port}",
-        "--workers=1",
+        f"--workers={app.workers}",
         "--no-access-log",
         "--log-level=warning",
     ]

@@ -99,14 +99,14 @@ def serve(
             command, cwd=project, env=tool_env(env), stdout=output, stderr=subprocess.STDOUT
         )
         try:
-            _wait_until_listening(port, server, log)
+            wait_until_listening(port, server, log)
             yield f"http://127.0.0.1:{port}"
         finally:
             server.terminate()
             server.wait(timeout=15)
 
 
-def _wait_until_listening(port: int, server: subprocess.Popen[bytes], log: Path) -> None:
+def wait_until_listening(port: int, server: subprocess.Popen[bytes], log: Path) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         assert server.poll() is None, f"the server exited:\n{log.read_text()}"
