@@ -66,16 +66,24 @@ class FaultProxy:
         self._writers.clear()
 
     async def _finish_forwarding(self) -> None:
-        """Cancel the forwarding tasks still running, then let the aborted transports close."""
+        """Cancel the forwarding tasks still running, abort what they held, then let the aborted
+        transports close."""
         tasks = asyncio.all_tasks() - {asyncio.current_task()}
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        for writer in self._writers:
+            writer.transport.abort()
+        self._writers.clear()
         await asyncio.sleep(0)
 
     async def _forward(
         self, client_reader: asyncio.StreamReader, client: asyncio.StreamWriter
     ) -> None:
+        if self._server is None:
+            # Accepted just before a cut, and handled after it: refused like the others.
+            client.transport.abort()
+            return
         # Known from the start, so that a cut while the server connection opens aborts it too.
         self._writers.add(client)
         try:
@@ -94,8 +102,10 @@ class FaultProxy:
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    with contextlib.suppress(ConnectionError, OSError):
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-    writer.close()
+    try:
+        with contextlib.suppress(ConnectionError, OSError):
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+    finally:
+        writer.close()
