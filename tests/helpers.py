@@ -14,6 +14,7 @@ from copier import run_copy
 
 # The repository's root, the rendered package, uv, the environment of a rendered project's
 # tools and a free port are the benchmark's too: one definition for both.
+from bench.database import scratch_database
 from bench.projects import PACKAGE, ROOT, tool_env
 from bench.servers import free_port
 
@@ -73,6 +74,17 @@ def run(
         f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
     )
     return result
+
+
+@contextmanager
+def initialized_database(project: Path, *, prefix: str) -> Iterator[str]:
+    """A scratch database on the server of `TEST_DATABASE_URL`, made ready by the project's
+    `init-db` (its migrations); its URL. Dropped at the end."""
+    assert TEST_DATABASE_URL
+    with scratch_database(TEST_DATABASE_URL, prefix=prefix) as url:
+        init_db = [str(project / ".venv/bin/python"), "-m", PACKAGE, "init-db"]
+        run(init_db, project, {"DATABASE_URL": url})
+        yield url
 
 
 @contextmanager

@@ -17,9 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.database import scratch_database
-
-from .helpers import PACKAGE, TEST_DATABASE_URL, run, serve, variant_param
+from .helpers import TEST_DATABASE_URL, initialized_database, serve, variant_param
 
 pytestmark = [
     pytest.mark.render,
@@ -49,13 +47,7 @@ def project(request: pytest.FixtureRequest, installed_variant: Callable[[str], P
 @pytest.fixture
 def database_url(project: Path) -> Iterator[str]:
     """A scratch database, set up by `init-db`."""
-    assert TEST_DATABASE_URL
-    with scratch_database(TEST_DATABASE_URL, prefix="tpl") as url:
-        run(
-            [str(project / ".venv/bin/python"), "-m", PACKAGE, "init-db"],
-            project,
-            {"DATABASE_URL": url},
-        )
+    with initialized_database(project, prefix="tpl") as url:
         yield url
 
 

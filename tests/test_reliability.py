@@ -19,10 +19,10 @@ import asyncpg
 import pytest
 import yaml
 
-from bench.database import dsn, scratch_database
+from bench.database import dsn
 
 from .faultproxy import FaultProxy
-from .helpers import PACKAGE, TEST_DATABASE_URL, run, serve, variant_param
+from .helpers import TEST_DATABASE_URL, initialized_database, serve, variant_param
 from .loadclient import LoadClient
 from .postgres import fetch, fetch_async
 
@@ -91,10 +91,7 @@ def project(request: pytest.FixtureRequest, installed_variant: Callable[[str], P
 @pytest.fixture
 def database_url(project: Path) -> Iterator[str]:
     """A scratch database, set up by `init-db`; after the test, no session may be left on it."""
-    assert TEST_DATABASE_URL
-    with scratch_database(TEST_DATABASE_URL, prefix="tpl") as url:
-        init_db = [str(project / ".venv/bin/python"), "-m", PACKAGE, "init-db"]
-        run(init_db, project, {"DATABASE_URL": url})
+    with initialized_database(project, prefix="tpl") as url:
         yield url
         assert sessions_left(url) == 0, "the engine was not disposed at shutdown"
 

@@ -19,7 +19,14 @@ from bench.pgbouncer import PgBouncer, find_pgbouncer, pgbouncer
 from bench.projects import UV, tool_env
 from bench.servers import free_port
 
-from .helpers import PACKAGE, TEST_DATABASE_URL, run, variant_param, wait_until_listening
+from .helpers import (
+    PACKAGE,
+    TEST_DATABASE_URL,
+    initialized_database,
+    run,
+    variant_param,
+    wait_until_listening,
+)
 from .loadclient import LoadClient, Response
 from .test_reliability import sessions_left
 
@@ -198,10 +205,7 @@ def test_without_pgbouncer_settings_pgbouncer_breaks_the_app(
 # ------------------------------------------------------ serve without PgBouncer: stop, budget
 @pytest.fixture
 def database_url(project: Path) -> Iterator[str]:
-    assert TEST_DATABASE_URL
-    with scratch_database(TEST_DATABASE_URL, prefix="srv") as url:
-        init_db = [str(project / ".venv/bin/python"), "-m", PACKAGE, "init-db"]
-        run(init_db, project, {"DATABASE_URL": url})
+    with initialized_database(project, prefix="srv") as url:
         yield url
 
 
