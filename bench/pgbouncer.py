@@ -59,7 +59,6 @@ auth_type = any
 pool_mode = transaction
 default_pool_size = {pool_size}
 max_client_conn = 2000
-server_check_delay = 0
 logfile = {directory}/pgbouncer.log
 pidfile = {directory}/pgbouncer.pid
 """
