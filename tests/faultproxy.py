@@ -68,6 +68,9 @@ class FaultProxy:
     async def _finish_forwarding(self) -> None:
         """Cancel the forwarding tasks still running, abort what they held, then let the aborted
         transports close."""
+        # A connection accepted just before the cut has a task that has not started yet: let it
+        # start, see the cut and refuse the connection, which a cancelled task would never do.
+        await asyncio.sleep(0)
         tasks = asyncio.all_tasks() - {asyncio.current_task()}
         for task in tasks:
             task.cancel()
