@@ -25,6 +25,8 @@ class FaultProxy:
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        # Every accepted connection, from its first moment: `_forward` may not have run yet.
+        self._accepted: set[asyncio.BaseTransport] = set()
 
     def __enter__(self) -> Self:
         self._thread.start()
@@ -53,8 +55,8 @@ class FaultProxy:
         asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout=5)
 
     async def _listen(self) -> None:
-        self._server = await asyncio.start_server(
-            self._forward, "127.0.0.1", self.port, reuse_address=True
+        self._server = await asyncio.get_running_loop().create_server(
+            lambda: _Accepted(self), "127.0.0.1", self.port, reuse_address=True
         )
 
     async def _cut(self) -> None:
@@ -64,21 +66,28 @@ class FaultProxy:
         for writer in self._writers:
             writer.transport.abort()
         self._writers.clear()
+        for transport in self._accepted:
+            transport.abort()
+        self._accepted.clear()
 
     async def _finish_forwarding(self) -> None:
-        """Cancel the forwarding tasks still running, abort what they held, then let the aborted
-        transports close."""
-        # A connection accepted just before the cut has a task that has not started yet: let it
-        # start, see the cut and refuse the connection, which a cancelled task would never do.
-        await asyncio.sleep(0)
-        tasks = asyncio.all_tasks() - {asyncio.current_task()}
+        """Let every task end (after the cut, each one aborts what it holds), then abort what is
+        left, and let the aborted transports close before the loop stops.
+
+        Waiting rather than cancelling at once: a connection accepted just before the cut goes
+        through several tasks before `_forward` runs, and a task cancelled before it starts would
+        leave its socket open.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 2
+        while (tasks := asyncio.all_tasks() - {asyncio.current_task()}) and loop.time() < deadline:
+            await asyncio.wait(tasks, timeout=0.1)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        for writer in self._writers:
-            writer.transport.abort()
-        self._writers.clear()
-        await asyncio.sleep(0)
+        await self._cut()
+        for _ in range(3):
+            await asyncio.sleep(0)
 
     async def _forward(
         self, client_reader: asyncio.StreamReader, client: asyncio.StreamWriter
@@ -102,6 +111,22 @@ class FaultProxy:
         self._writers.add(server)
         await asyncio.gather(_pipe(client_reader, server), _pipe(server_reader, client))
         self._writers -= {client, server}
+
+
+class _Accepted(asyncio.StreamReaderProtocol):
+    """A connection to the proxy: known to it as soon as it is accepted, then forwarded."""
+
+    def __init__(self, proxy: FaultProxy) -> None:
+        super().__init__(asyncio.StreamReader(), proxy._forward)
+        self._proxy = proxy
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._proxy._accepted.add(transport)
+        super().connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._proxy._accepted.discard(self._transport)
+        super().connection_lost(exc)
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
