@@ -79,12 +79,14 @@ def reference_app(
 
     raw_asyncpg gets as many connections as a variant can open, so that it is their ceiling at
     the same cost to the database; seed_pattern keeps its own pool of 100, as the pattern does.
+    Its `workers` share those connections, as a variant's do.
     """
+    per_worker = pool.per_worker(workers)
     env = {
         "BENCH_SCHEMA": name,
         "BENCH_DSN": database_url,
         "BENCH_DATABASE_URL": urlsplit(database_url)._replace(scheme="postgresql+asyncpg").geturl(),
-        "BENCH_POOL_SIZE": str(max(1, (pool.size + pool.max_overflow) // workers)),
+        "BENCH_POOL_SIZE": str(per_worker.size + per_worker.max_overflow),
     }
     return App(name, f"{name}:app", project.path, env, REFERENCE_APPS_DIR, workers)
 

@@ -25,6 +25,12 @@ def installed_variant(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str
     return installed
 
 
+@pytest.fixture
+def project(request: pytest.FixtureRequest, installed_variant: Callable[[str], Path]) -> Path:
+    """The installed variant that the test is parametrized with (`indirect`)."""
+    return installed_variant(request.param)
+
+
 @pytest.fixture(scope="session")
 def mypy_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One mypy cache per worker: the variants share their third-party modules' analysis."""

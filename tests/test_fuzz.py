@@ -12,7 +12,7 @@ The run is bounded by the number of cases per operation and reproducible by its 
 import os
 import subprocess
 import sysconfig
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -35,13 +35,6 @@ CHECKS = [
     "response_schema_conformance",
     "negative_data_rejection",
 ]
-
-
-@pytest.fixture(
-    params=[variant_param(name) for name in ["postgresql-plain-schema", "postgresql-scoped-schema"]]
-)
-def project(request: pytest.FixtureRequest, installed_variant: Callable[[str], Path]) -> Path:
-    return installed_variant(request.param)
 
 
 @pytest.fixture
@@ -67,6 +60,11 @@ def fuzz_command(base_url: str) -> list[str]:
     ]
 
 
+@pytest.mark.parametrize(
+    "project",
+    [variant_param(name) for name in ["postgresql-plain-schema", "postgresql-scoped-schema"]],
+    indirect=True,
+)
 def test_every_answer_is_documented(project: Path, database_url: str, tmp_path: Path) -> None:
     log = tmp_path / "server.log"
     with serve(project, {"DATABASE_URL": database_url}, log) as base_url:

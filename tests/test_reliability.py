@@ -83,12 +83,6 @@ def answered_schema(project: Path) -> str:
 
 
 @pytest.fixture
-def project(request: pytest.FixtureRequest, installed_variant: Callable[[str], Path]) -> Path:
-    """The variant that the test is parametrized with (`indirect`)."""
-    return installed_variant(request.param)
-
-
-@pytest.fixture
 def database_url(project: Path) -> Iterator[str]:
     """A scratch database, set up by `init-db`; after the test, no session may be left on it."""
     with initialized_database(project, prefix="tpl") as url:

@@ -7,7 +7,7 @@ import contextlib
 import os
 import signal
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -42,11 +42,6 @@ BOTH_STYLES = [
 # connection, which PgBouncer's server connections are not.
 THROUGH_PGBOUNCER_ONLY_SKIP = "Direct connections only: through PgBouncer"
 PREPARED_STATEMENT_ERROR = "prepared statement"
-
-
-@pytest.fixture
-def project(request: pytest.FixtureRequest, installed_variant: Callable[[str], Path]) -> Path:
-    return installed_variant(request.param)
 
 
 # PgBouncer's server connections: far fewer than the clients, so that they are shared.

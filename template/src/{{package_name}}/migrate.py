@@ -7,7 +7,7 @@ an error that leaves everything as it was.
 """
 
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from alembic import command
 from alembic.autogenerate import compare_metadata
@@ -76,10 +76,10 @@ def upgrade(connection: Connection) -> str:
     if _made_by_create_all(connection):
         command.stamp(config, BASELINE)
         command.upgrade(config, "head")
-        if differences := _differences_from_models(connection):
+        if differences := differences_from_models(connection):
             msg = (
                 "its tables, made by an earlier release, differ from what the migrations make: "
-                f"{differences}; nothing was changed"
+                f"{'; '.join(map(str, differences))}; nothing was changed"
             )
             raise SchemaMismatchError(msg)
         return f"adopted the tables of an earlier release, now at revision {head()}"
@@ -110,8 +110,9 @@ def _made_by_create_all(connection: Connection) -> bool:
     return any(inspector.has_table(table, schema=schema) for table in Base.metadata.tables)
 
 
-def _differences_from_models(connection: Connection) -> str:
-    """What autogenerate would change in the app's tables (other tables are left out)."""
+def differences_from_models(connection: Connection) -> list[Any]:
+    """What autogenerate would change in the app's tables (other tables are left out): nothing,
+    when the migrations make what the models declare."""
     enter_schema(connection)
     context = MigrationContext.configure(
         connection,
@@ -122,4 +123,4 @@ def _differences_from_models(connection: Connection) -> str:
             ),
         },
     )
-    return "; ".join(str(difference) for difference in compare_metadata(context, Base.metadata))
+    return list(compare_metadata(context, Base.metadata))
