@@ -115,8 +115,8 @@ def parse(output: str) -> WrkResult:
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
     return WrkResult(
         requests_per_second=float(_find(r"Requests/sec:\s+([\d.]+)", output)),
-        p50_ms=_milliseconds(_find(r"^\s+50%\s+(\S+)$", output)),
-        p99_ms=_milliseconds(_find(r"^\s+99%\s+(\S+)$", output)),
+        p50_ms=_milliseconds(_find(r"^\s+50%\s+(\S+)\s*$", output)),
+        p99_ms=_milliseconds(_find(r"^\s+99%\s+(\S+)\s*$", output)),
         requests=int(_find(r"(\d+) requests in ", output)),
         non_2xx=int(non_2xx[1]) if non_2xx else 0,
         socket_errors=sum(map(int, socket_errors.groups())) if socket_errors else 0,

@@ -1,7 +1,8 @@
-"""The benchmark's summary: a variant's ratios are paired by round; the table's order."""
+"""The benchmark's summary: a variant's ratios are paired by round; the table's order. And how
+wrk's report is read."""
 
 from bench.results import Measurement, summarize
-from bench.wrk import WrkResult
+from bench.wrk import WrkResult, parse
 
 GET = "GET /cities/biggest"
 
@@ -41,3 +42,27 @@ def test_ratios_hold_when_the_machine_slows_down_between_rounds() -> None:
     assert seed_pattern.vs_seed_pattern == 1.0
     # The references are never loaded side by side: the ratio of their medians.
     assert raw_asyncpg.vs_seed_pattern == 1600 / 450
+
+
+# wrk pads a latency in seconds with a space ("1.33s "), as it pads the units to one width.
+SLOW_REPORT = """\
+Running 3s test @ http://127.0.0.1:38997/cities/biggest?limit=20
+  1 threads and 32 connections
+  Latency Distribution
+     50%   50.88ms
+     75%   88.14ms
+     90%  127.12ms
+     99%    1.33s\x20
+  1501 requests in 3.01s, 1.83MB read
+  Non-2xx or 3xx responses: 2
+Requests/sec:    499.31
+"""
+
+
+def test_a_report_with_latencies_in_seconds_is_read() -> None:
+    result = parse(SLOW_REPORT)
+
+    assert result.p50_ms == 50.88
+    assert result.p99_ms == 1330
+    assert (result.requests, result.non_2xx, result.socket_errors) == (1501, 2, 0)
+    assert result.requests_per_second == 499.31
