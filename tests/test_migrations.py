@@ -95,7 +95,7 @@ def add_country(project: Path) -> None:
         f"    population: Mapped[int] = mapped_column(BigInteger)\n{COUNTRY_COLUMN}",
     )
     schemas = package / "schemas.py"
-    population_in = "    population: Annotated[int, Field(ge=0, le=BIGINT_MAX)]\n"
+    population_in = "    population: Population\n"
     replace(schemas, population_in, f"{population_in}    country: str | None = None\n")
     replace(schemas, "    population: int\n", "    population: int\n    country: str | None\n")
     (project / "tests/test_country.py").write_text(COUNTRY_TEST)
@@ -174,15 +174,13 @@ asyncio.run(main())
 COUNT_CITIES = """
 import asyncio
 from sqlalchemy import func, select
-from cities_service.config import get_settings
-from cities_service.database import Database
+from cities_service.core.config import get_settings
+from cities_service.core.database import Database
 from cities_service.models import City
 
 async def main():
-    database = Database.from_settings(get_settings())
-    async with database.sessionmaker() as session:
+    async with Database.from_settings(get_settings()) as database, database.session() as session:
         print(await session.scalar(select(func.count()).select_from(City)))
-    await database.dispose()
 
 asyncio.run(main())
 """

@@ -36,7 +36,7 @@ def test_defaults_render_a_sqlite_project(tmp_path: Path) -> None:
         "database_url": "sqlite+aiosqlite:///./cities.db",
         "session_style": "plain",
     }
-    config = (project / "src/cities_service/config.py").read_text()
+    config = (project / "src/cities_service/core/config.py").read_text()
     assert 'database_url: str = "sqlite+aiosqlite:///./cities.db"' in config
     assert 'db_pooler: Literal["none", "pgbouncer"] = "none"' in config
 
@@ -99,7 +99,7 @@ def test_database_url_is_rendered_with_the_async_driver(
 ) -> None:
     project = render(tmp_path / "p", database_url=url)
 
-    config = (project / "src/cities_service/config.py").read_text()
+    config = (project / "src/cities_service/core/config.py").read_text()
     assert f'database_url: str = "{rendered}"' in config
 
 
@@ -116,7 +116,7 @@ def test_postgresql_answers_become_setting_defaults(tmp_path: Path) -> None:
         connection_pooler="pgbouncer",
     )
 
-    config = (project / "src/cities_service/config.py").read_text()
+    config = (project / "src/cities_service/core/config.py").read_text()
     for line in (
         "db_pool_size: int = Field(default=7,",
         "db_max_overflow: int = Field(default=0,",
@@ -126,7 +126,7 @@ def test_postgresql_answers_become_setting_defaults(tmp_path: Path) -> None:
         'db_pooler: Literal["none", "pgbouncer"] = "pgbouncer"',
     ):
         assert line in config
-    assert "async_scoped_session" in (project / "src/cities_service/database.py").read_text()
+    assert "async_scoped_session" in (project / "src/cities_service/core/database.py").read_text()
 
 
 def test_password_goes_only_to_the_gitignored_env(tmp_path: Path) -> None:

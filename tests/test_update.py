@@ -154,12 +154,10 @@ def edit_like_a_user(project: Path) -> None:
     """A route module and its test, an edited README line, a setting in `.env`."""
     package = project / "src/cities_service"
     (package / "api/ping.py").write_text(PING_ROUTE)
-    replace(package / "main.py", "import cities, health", "import cities, health, ping")
-    replace(
-        package / "main.py",
-        "    app.include_router(health.router)\n",
-        "    app.include_router(health.router)\n    app.include_router(ping.router)\n",
-    )
+    routers = package / "api/__init__.py"
+    replace(routers, "from . import cities\n", "from . import cities, ping\n")
+    with routers.open("a") as routes:
+        routes.write("router.include_router(ping.router)\n")
     (project / "tests/test_ping.py").write_text(PING_TEST)
     replace(project / "README.md", README_LINE_THE_USER_EDITS, USERS_README_LINE)
     with (project / ".env").open("a") as env:
@@ -233,7 +231,10 @@ def test_user_edits_are_kept(updated: Updated) -> None:
 
     assert (project / "src/cities_service/api/ping.py").read_text() == PING_ROUTE
     assert (project / "tests/test_ping.py").read_text() == PING_TEST
-    assert "app.include_router(ping.router)" in (project / "src/cities_service/main.py").read_text()
+    assert (
+        "router.include_router(ping.router)"
+        in (project / "src/cities_service/api/__init__.py").read_text()
+    )
     readme = (project / "README.md").read_text()
     assert USERS_README_LINE in readme
     assert README_LINE_THE_USER_EDITS not in readme

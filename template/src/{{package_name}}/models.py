@@ -13,7 +13,11 @@ NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
 }
 
+# The largest id of an `Integer` primary key (PostgreSQL's `integer`).
+ID_MAX = 2**31 - 1
 NAME_MAX_LENGTH = 100
+# Ten billion: above the world's population, and exact as the float of an OpenAPI bound.
+POPULATION_MAX = 10_000_000_000
 
 
 class Base(AsyncAttrs, DeclarativeBase):

@@ -1,12 +1,17 @@
 """The HTTP API's request and response bodies."""
 
-from typing import Annotated
+from typing import Annotated, Self
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
 
-from .models import NAME_MAX_LENGTH
-
-BIGINT_MAX = 2**63 - 1
+from .models import NAME_MAX_LENGTH, POPULATION_MAX
 
 # The constraints apply to the name as sent, so that the OpenAPI document states exactly what is
 # accepted; the name is stored without its surrounding whitespace.
@@ -21,13 +26,30 @@ CityName = Annotated[
     ),
     AfterValidator(str.strip),
 ]
+Population = Annotated[int, Field(ge=0, le=POPULATION_MAX)]
 
 
 class CityCreate(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     name: CityName
-    population: Annotated[int, Field(ge=0, le=BIGINT_MAX)]
+    population: Population
+
+
+class CityUpdate(BaseModel):
+    """The fields to change; those left out keep their value."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: CityName | None = None
+    population: Population | None = None
+
+    @model_validator(mode="after")
+    def _no_nulls(self) -> Self:
+        if nulls := [field for field in self.model_fields_set if getattr(self, field) is None]:
+            msg = f"{', '.join(sorted(nulls))}: leave a field out to keep it, null is no value"
+            raise ValueError(msg)
+        return self
 
 
 class CityRead(BaseModel):
@@ -36,11 +58,3 @@ class CityRead(BaseModel):
     id: int
     name: str
     population: int
-
-
-class HealthStatus(BaseModel):
-    status: str
-
-
-class ErrorMessage(BaseModel):
-    detail: str

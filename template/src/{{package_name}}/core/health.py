@@ -4,11 +4,11 @@ import asyncio
 from typing import Final
 
 from fastapi import APIRouter
+from pydantic import BaseModel
 from sqlalchemy import text
 
 from ..dependencies import DatabaseDep
-from ..errors import DATABASE_UNAVAILABLE, DatabaseUnavailableError
-from ..schemas import HealthStatus
+from .errors import DATABASE_UNAVAILABLE, DatabaseUnavailableError
 
 # Answer 503 rather than keep a load balancer waiting when the database hangs.
 HEALTH_TIMEOUT_SECONDS: Final = 3
@@ -17,15 +17,16 @@ PING: Final = text("SELECT 1")
 router = APIRouter(tags=["health"], responses=DATABASE_UNAVAILABLE)
 
 
+class HealthStatus(BaseModel):
+    status: str
+
+
 @router.get("/health")
 async def health(database: DatabaseDep) -> HealthStatus:
     # The timeout covers taking the connection too: its pre-ping waits on the database as well.
     try:
-        async with (
-            asyncio.timeout(HEALTH_TIMEOUT_SECONDS),
-            database.read_engine.connect() as connection,
-        ):
-            await connection.execute(PING)
+        async with asyncio.timeout(HEALTH_TIMEOUT_SECONDS), database.read_session() as session:
+            await session.execute(PING)
     except TimeoutError as error:
         msg = f"no answer to {PING} within {HEALTH_TIMEOUT_SECONDS} s"
         raise DatabaseUnavailableError(msg) from error

@@ -6,8 +6,9 @@ those tables, then upgraded; unless its tables differ from what the migrations m
 an error that leaves everything as it was.
 """
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from alembic import command
 from alembic.autogenerate import compare_metadata
@@ -15,18 +16,60 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, func, inspect, select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.schema import CreateSchema
 
-from .models import Base
+from ..models import Base
 
-MIGRATIONS: Final = Path(__file__).parent / "migrations"
+MIGRATIONS: Final = Path(__file__).parent.parent / "migrations"
 # The first revision: it creates the tables that releases before migrations made.
 BASELINE: Final = "2d5c0f6a9b31"
 VERSION_TABLE: Final = "alembic_version"
 
 
-class SchemaMismatchError(Exception):
-    """The database's tables are not those that the migrations make."""
+T = TypeVar("T")
+
+
+class MigrationError(Exception):
+    """A migration that cannot be applied as it is; nothing was changed."""
+
+
+async def in_one_transaction(engine: AsyncEngine, migration: Callable[[Connection], T]) -> T:
+    """Run `migration` (`upgrade`, `recreate`, Alembic's own) on a connection of `engine`, in
+    one transaction: on error, the database is left as it was.
+
+    On SQLite its connection has foreign keys off, as Alembic's batch documentation advises:
+    rebuilding a table (a batch operation) drops the old one, which would otherwise delete the
+    rows that refer to it (`ON DELETE CASCADE`). Every foreign key is checked before the commit.
+    """
+    async with engine.connect() as connection:
+        if connection.dialect.name != "sqlite":
+            async with connection.begin():
+                return await connection.run_sync(migration)
+        # Outside a transaction, where the pragma applies; the pool gets the connection back
+        # with foreign keys on.
+        await _outside_a_transaction(connection, "PRAGMA foreign_keys = OFF")
+        try:
+            async with connection.begin():
+                done = await connection.run_sync(migration)
+                await connection.run_sync(check_foreign_keys)
+        finally:
+            await _outside_a_transaction(connection, "PRAGMA foreign_keys = ON")
+        return done
+
+
+async def _outside_a_transaction(connection: AsyncConnection, statement: str) -> None:
+    """Run `statement` through the driver itself: SQLAlchemy would begin a transaction."""
+    driver: Any = (await connection.get_raw_connection()).driver_connection
+    await driver.execute(statement)
+
+
+def check_foreign_keys(connection: Connection) -> None:
+    """Raise `MigrationError` if a row of SQLite's tables refers to a row that is not there."""
+    if broken := connection.exec_driver_sql("PRAGMA foreign_key_check").all():
+        found = ", ".join(f"{table} row {rowid} -> {parent}" for table, rowid, parent, _ in broken)
+        msg = f"rows would refer to rows that are not there ({found}); nothing was changed"
+        raise MigrationError(msg)
 
 
 def alembic_config(connection: Connection | None = None) -> Config:
@@ -81,7 +124,7 @@ def upgrade(connection: Connection) -> str:
                 "its tables, made by an earlier release, differ from what the migrations make: "
                 f"{'; '.join(map(str, differences))}; nothing was changed"
             )
-            raise SchemaMismatchError(msg)
+            raise MigrationError(msg)
         return f"adopted the tables of an earlier release, now at revision {head()}"
     before = current_revision(connection)
     command.upgrade(config, "head")

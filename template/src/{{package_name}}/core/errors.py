@@ -1,12 +1,14 @@
 """Error responses: a database outage or an exhausted pool becomes `503` with `Retry-After`; a
-database that lacks the app's tables a `500` whose log line says so; an invalid request a `422`
-that can always be encoded."""
+database that lacks the app's tables a `500` whose log line says so; a constraint that a write
+violates, told apart by its SQLSTATE, a `409`; an invalid request a `422` that can always be
+encoded."""
 
 import json
 import logging
 import re
 import sqlite3
 from collections.abc import Iterator
+from enum import StrEnum
 from typing import Any, Final
 
 import asyncpg
@@ -15,6 +17,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from sqlalchemy import exc
 from starlette.exceptions import HTTPException
 
@@ -42,7 +45,39 @@ MISSING_TABLE_SQLSTATE: Final = "42P01"
 MISSING_COLUMN_SQLSTATE: Final = "42703"
 SQLITE_MISSING_TABLE: Final = re.compile(r"^no such table: ")
 SQLITE_MISSING_COLUMN: Final = re.compile(r"^no such column: |^table \S+ has no column named ")
-INIT_DB: Final = f"python -m {__package__} init-db"
+INIT_DB: Final = f"python -m {__name__.partition('.')[0]} init-db"
+
+
+class Violation(StrEnum):
+    """The constraint that a write violated."""
+
+    UNIQUE = "unique"
+    FOREIGN_KEY = "foreign key"
+    NOT_NULL = "not null"
+    CHECK = "check"
+
+
+# PostgreSQL's SQLSTATEs of class 23 (integrity constraint violation), and SQLite's extended
+# result codes of SQLITE_CONSTRAINT: the same four constraints, under two numberings.
+VIOLATIONS_BY_SQLSTATE: Final = {
+    "23505": Violation.UNIQUE,
+    "23503": Violation.FOREIGN_KEY,
+    "23502": Violation.NOT_NULL,
+    "23514": Violation.CHECK,
+}
+VIOLATIONS_BY_SQLITE_CODE: Final = {
+    sqlite3.SQLITE_CONSTRAINT_UNIQUE: Violation.UNIQUE,
+    sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY: Violation.UNIQUE,
+    sqlite3.SQLITE_CONSTRAINT_FOREIGNKEY: Violation.FOREIGN_KEY,
+    sqlite3.SQLITE_CONSTRAINT_NOTNULL: Violation.NOT_NULL,
+    sqlite3.SQLITE_CONSTRAINT_CHECK: Violation.CHECK,
+}
+
+
+class ErrorMessage(BaseModel):
+    """The body of every error but `422`: `{"detail": "..."}`, as FastAPI's `HTTPException`."""
+
+    detail: str
 
 
 class DatabaseUnavailableError(Exception):
@@ -84,6 +119,17 @@ def _driver_means_unavailable(error: BaseException) -> bool:
     return isinstance(sqlstate, str) and sqlstate.startswith(UNAVAILABLE_SQLSTATES)
 
 
+def violation(error: exc.IntegrityError) -> Violation | None:
+    """The constraint that `error` reports: from PostgreSQL's SQLSTATE or SQLite's extended
+    result code, never from a message."""
+    for cause in _causes(error.orig):
+        if isinstance(cause, sqlite3.Error):
+            return VIOLATIONS_BY_SQLITE_CODE.get(cause.sqlite_errorcode)
+        if isinstance(sqlstate := getattr(cause, "sqlstate", None), str):
+            return VIOLATIONS_BY_SQLSTATE.get(sqlstate)
+    return None
+
+
 def schema_mismatch(error: exc.DBAPIError) -> str | None:
     """What is wrong when `error` says that a table or a column of the models is missing."""
     sqlstate = getattr(error.orig, "sqlstate", None)
@@ -92,8 +138,8 @@ def schema_mismatch(error: exc.DBAPIError) -> str | None:
         return f"the database lacks a table of the app ({message}): run `{INIT_DB}`"
     if sqlstate == MISSING_COLUMN_SQLSTATE or SQLITE_MISSING_COLUMN.match(message):
         return (
-            f"the database's tables lack a column of the models ({message}): run `{INIT_DB}`"
-            " to apply the migrations, or write the migration that adds it"
+            f"the database's tables lack a column of the models ({message}): run `{INIT_DB}`,"
+            " or write the migration that adds it (`alembic revision --autogenerate`)"
         )
     return None
 
@@ -114,6 +160,18 @@ async def database_error(request: Request, error: Exception) -> JSONResponse:
             status_code=status.HTTP_500_INTERNAL_SERVER_ERROR,
         )
     raise error
+
+
+async def conflict(request: Request, error: Exception) -> JSONResponse:
+    """`409` for a write that a unique constraint refused, which no route answered itself (the
+    transaction was rolled back: nothing was written); any other violation is a bug, a `500`."""
+    if not isinstance(error, exc.IntegrityError) or violation(error) is not Violation.UNIQUE:
+        return await database_error(request, error)
+    logger.info("%s %s: %s", request.method, request.url.path, str(error.orig).splitlines()[0])
+    return JSONResponse(
+        {"detail": "The change conflicts with a stored record"},
+        status_code=status.HTTP_409_CONFLICT,
+    )
 
 
 class AsciiJSONResponse(JSONResponse):
@@ -151,3 +209,4 @@ def add_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(HTTPException, undecodable_body)
     for error in (exc.DBAPIError, exc.TimeoutError, DatabaseUnavailableError):
         app.add_exception_handler(error, database_error)
+    app.add_exception_handler(exc.IntegrityError, conflict)

@@ -1,0 +1,1 @@
+"""The service's infrastructure: settings, the database and its sessions, migrations, errors."""
