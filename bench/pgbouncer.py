@@ -269,7 +269,8 @@ def _until_ready(sock: socket.socket) -> list[dict[str, str | None]]:
                     offset = end + 1 + 18  # table oid, column, type oid, size, modifier, format
             case b"D":
                 (count,) = struct.unpack_from("!h", body)
-                offset, values = 2, []
+                offset = 2
+                values: list[str | None] = []
                 for _ in range(count):
                     (length,) = struct.unpack_from("!i", body, offset)
                     offset += 4

@@ -28,7 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Final
 
@@ -114,7 +114,14 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _run(step: str, command: Sequence[str | Path], log: Path, **kwargs: object) -> None:
+def _run(
+    step: str,
+    command: Sequence[str | Path],
+    log: Path,
+    *,
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+) -> None:
     """Run a step of the build, its output appended to `log`; BuildError if it fails."""
     with log.open("a") as output:
         output.write(f"\n$ {' '.join(map(str, command))}\n")
@@ -124,8 +131,9 @@ def _run(step: str, command: Sequence[str | Path], log: Path, **kwargs: object) 
                 [str(part) for part in command],
                 stdout=output,
                 stderr=subprocess.STDOUT,
+                cwd=cwd,
+                env=env,
                 check=False,
-                **kwargs,  # type: ignore[call-overload]
             )
         except OSError as error:
             msg = f"PgBouncer build: {step} failed: {error}"
