@@ -1,10 +1,19 @@
 """Fixtures shared by the template's tests."""
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from bench.pgbouncer import (
+    BUILT,
+    PACKAGED,
+    PgBouncerNotFoundError,
+    keeps_prepared_statements,
+    pgbouncer_binary,
+    pgbouncer_version,
+)
 from bench.projects import UV
 
 from .helpers import VARIANTS, render, run
@@ -35,3 +44,46 @@ def project(request: pytest.FixtureRequest, installed_variant: Callable[[str], P
 def mypy_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One mypy cache per worker: the variants share their third-party modules' analysis."""
     return tmp_path_factory.mktemp("mypy-cache")
+
+
+# A PgBouncer >= 1.21 to use instead of building 1.24.1: the template's GitHub workflow gives
+# its runner's own package (Ubuntu's, 1.22 or later), where Debian's source package cannot be
+# fetched.
+PREPARED_PGBOUNCER_ENV = "PGBOUNCER_PREPARED_BINARY"
+
+
+def _missing_pgbouncer(reason: str) -> None:
+    """In CI (`CI` set), where `.ci/run` installs and builds them, a missing PgBouncer fails the
+    test; elsewhere it skips it, saying why."""
+    if os.environ.get("CI"):
+        pytest.fail(f"PgBouncer is missing in CI: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def packaged_pgbouncer() -> str:
+    """The system's PgBouncer package (Debian 12: 1.18), installed when missing (as root)."""
+    try:
+        return pgbouncer_binary(PACKAGED)
+    except PgBouncerNotFoundError as error:
+        _missing_pgbouncer(str(error))
+        raise
+
+
+@pytest.fixture(scope="session")
+def prepared_pgbouncer() -> str:
+    """A PgBouncer that keeps prepared statements in transaction mode: `$PGBOUNCER_PREPARED_BINARY`
+    if set, else 1.24.1 built from Debian trixie's source package (`bench.pgbouncer_build`, cached
+    per machine; xdist workers wait for the one that builds it)."""
+    configured = os.environ.get(PREPARED_PGBOUNCER_ENV)
+    try:
+        binary = configured or pgbouncer_binary(BUILT)
+        version = ".".join(map(str, pgbouncer_version(binary)))
+    except PgBouncerNotFoundError as error:
+        if configured:  # asked for by name: never skipped
+            pytest.fail(f"{PREPARED_PGBOUNCER_ENV}: {error}")
+        _missing_pgbouncer(str(error))
+        raise
+    if not keeps_prepared_statements(binary):
+        pytest.fail(f"{binary} is PgBouncer {version}: prepared statements need 1.21 or later")
+    return binary

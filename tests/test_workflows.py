@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
+from .conftest import PREPARED_PGBOUNCER_ENV
 from .helpers import ROOT, render
 
 TEMPLATE_WORKFLOW = ROOT / ".github/workflows/ci.yml"
@@ -122,6 +123,8 @@ def test_template_workflow_runs_the_suite_with_postgresql() -> None:
     assert job["env"]["TEST_DATABASE_URL"].startswith("postgresql+asyncpg://")
     # The scale-out tests start PgBouncers of their own, and run in CI, never skipped.
     assert any("apt-get install" in c and "pgbouncer" in c for c in commands(job))
+    # The tests of prepared statements through PgBouncer take the runner's own package there.
+    assert job["env"][PREPARED_PGBOUNCER_ENV] == "/usr/sbin/pgbouncer"
 
 
 def test_template_workflow_matrix_names_every_variant() -> None:
