@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 import yaml
 
-from .helpers import PG_ANSWER_URL, render
+from .helpers import PG_ANSWER_URL, ROOT, render
 
 
 def answers(project: Path) -> dict[str, Any]:
@@ -143,17 +143,19 @@ def test_password_goes_only_to_the_gitignored_env(tmp_path: Path) -> None:
     assert ignored.returncode == 0, ".env must be gitignored"
 
 
+TERMINAL_COLUMNS = 80
+
 BAD_ANSWERS = [
-    ({"package_name": "1cities"}, "not a valid package name"),
-    ({"package_name": "Cities"}, "not a valid package name"),
-    ({"package_name": "my-cities"}, "not a valid package name"),
+    ({"package_name": "1cities"}, "Not a package name"),
+    ({"package_name": "Cities"}, "Not a package name"),
+    ({"package_name": "my-cities"}, "Not a package name"),
     ({"package_name": "class"}, "Python keyword"),
-    ({"package_name": "fastapi"}, "name of a dependency"),
+    ({"package_name": "fastapi"}, "a dependency's name"),
     ({"project_name": "  "}, "must not be empty"),
-    ({"database_url": "mysql://app@db/cities"}, "Unsupported database URL"),
-    ({"database_url": "postgresql+psycopg://app@db/cities"}, "Unsupported database URL"),
-    ({"database_url": "sqlite:///cities.db"}, "Unsupported database URL"),
-    ({"database_url": "cities.db"}, "Unsupported database URL"),
+    ({"database_url": "mysql://app@db/cities"}, "Unsupported: use"),
+    ({"database_url": "postgresql+psycopg://app@db/cities"}, "Unsupported: use"),
+    ({"database_url": "sqlite:///cities.db"}, "Unsupported: use"),
+    ({"database_url": "cities.db"}, "Unsupported: use"),
     ({"database_url": "postgresql://app:hunter2@db/cities"}, "must not contain a password"),
     ({"database_url": "postgresql+asyncpg://app:@db/cities"}, "must not contain a password"),
     (
@@ -168,7 +170,7 @@ BAD_ANSWERS = [
         {"database_url": "postgresql://app@db/cities?sslpassword=hunter2"},
         "must not contain a password",
     ),
-    ({"database_url": "postgresql://app@db1:5432,db2:5432/cities"}, "To list several hosts"),
+    ({"database_url": "postgresql://app@db1:5432,db2:5432/cities"}, "List several hosts"),
     ({"database_url": "postgresql://app@/cities?host=db1&host=db2"}, "needs its port"),
     ({"database_url": "postgresql://app@/cities?host=db1:5432&host=db2"}, "needs its port"),
     ({"database_url": "postgresql://app@db/cities?sslmode=required"}, "Unsupported sslmode"),
@@ -205,12 +207,12 @@ BAD_ANSWERS = [
     ({"pool_size": 1001}, "pool size must be between 1 and 1000"),
     ({"max_overflow": -1}, "max overflow must be between 0 and 1000"),
     ({"pool_timeout": 0}, "greater than 0"),
-    ({"db_schema": "Cities"}, "not a valid schema name"),
-    ({"db_schema": "1cities"}, "not a valid schema name"),
-    ({"db_schema": "x; DROP TABLE cities"}, "not a valid schema name"),
-    ({"db_schema": 'x"; DROP TABLE cities; --'}, "not a valid schema name"),
-    ({"db_schema": "$(reboot)"}, "not a valid schema name"),
-    ({"db_schema": "a" * 64}, "not a valid schema name"),
+    ({"db_schema": "Cities"}, "Not a valid schema name"),
+    ({"db_schema": "1cities"}, "Not a valid schema name"),
+    ({"db_schema": "x; DROP TABLE cities"}, "Not a valid schema name"),
+    ({"db_schema": 'x"; DROP TABLE cities; --'}, "Not a valid schema name"),
+    ({"db_schema": "$(reboot)"}, "Not a valid schema name"),
+    ({"db_schema": "a" * 64}, "Not a valid schema name"),
     ({"db_schema": "pg_cities"}, "reserved by PostgreSQL"),
     ({"session_style": "threadlocal"}, "'threadlocal' is not in ['plain', 'scoped']"),
     ({"connection_pooler": "pgpool"}, "'pgpool' is not in ['none', 'pgbouncer']"),
@@ -228,3 +230,20 @@ def test_bad_answers_are_refused_with_a_clear_message(
 
     assert message in str(refused.value)
     assert not (tmp_path / "p").exists()
+    # Copier shows a validator's message on the prompt's one line.
+    _question, _, shown = str(refused.value).partition(": ")
+    assert "\n" not in shown
+    assert len(shown) <= TERMINAL_COLUMNS or "Invalid choice" in str(refused.value)
+
+
+def test_every_help_and_choice_fits_an_80_column_terminal() -> None:
+    questions = yaml.safe_load((ROOT / "copier.yml").read_text())
+    shown = [
+        line
+        for question in questions.values()
+        if isinstance(question, dict)
+        for text in [question.get("help", ""), *question.get("choices", {})]
+        for line in str(text).splitlines()
+    ]
+
+    assert [line for line in shown if len(line) > TERMINAL_COLUMNS] == []

@@ -305,7 +305,7 @@ def test_no_leaks_after_mixed_load_and_hang_ups(
     the valid cities were written."""
     log = tmp_path / "server.log"
     valid = [{"name": f"Valid {i}", "population": i} for i in range(40)]
-    valid.append({"name": "Robert'); DROP TABLE cities;--", "population": 2**63 - 1})
+    valid.append({"name": "Robert'); DROP TABLE cities;--", "population": 10**10})
     valid.append({"name": "東京 🗼 São Paulo", "population": 0})
 
     async def post(app: App, body: bytes | dict[str, Any], content_type: str) -> int:

@@ -15,7 +15,7 @@ from .models import NAME_MAX_LENGTH, POPULATION_MAX
 
 # The constraints apply to the name as sent, so that the OpenAPI document states exactly what is
 # accepted; the name is stored without its surrounding whitespace.
-CityName = Annotated[
+Name = Annotated[
     str,
     StringConstraints(
         min_length=1,
@@ -32,7 +32,7 @@ Population = Annotated[int, Field(ge=0, le=POPULATION_MAX)]
 class CityCreate(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    name: CityName
+    name: Name
     population: Population
 
 
@@ -41,7 +41,7 @@ class CityUpdate(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    name: CityName | None = None
+    name: Name | None = None
     population: Population | None = None
 
     @model_validator(mode="after")

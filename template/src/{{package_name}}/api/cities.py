@@ -3,19 +3,19 @@
 from collections.abc import Sequence
 from typing import Annotated, Any, Final
 
-from fastapi import APIRouter, HTTPException, Path, Query, status
+from fastapi import APIRouter, HTTPException, Query, status
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..core.errors import DATABASE_UNAVAILABLE, ErrorMessage, Violation, violation
 from ..dependencies import ReadSessionDep, SessionDep
-from ..models import ID_MAX, City
+from ..models import City
 from ..schemas import CityCreate, CityRead, CityUpdate
+from .common import RowId, get_or_404
 
 router = APIRouter(prefix="/cities", tags=["cities"], responses=DATABASE_UNAVAILABLE)
 
-CityId = Annotated[int, Path(ge=1, le=ID_MAX)]
 NOT_FOUND: Final[dict[int | str, Any]] = {
     status.HTTP_404_NOT_FOUND: {"model": ErrorMessage, "description": "No city has this id"}
 }
@@ -42,13 +42,13 @@ async def biggest_cities(
 
 
 @router.get("/{city_id}", response_model=CityRead, responses=NOT_FOUND)
-async def get_city(city_id: CityId, session: ReadSessionDep) -> City:
-    return await get_or_404(session, city_id)
+async def get_city(city_id: RowId, session: ReadSessionDep) -> City:
+    return await get_or_404(session, City, city_id)
 
 
 @router.patch("/{city_id}", response_model=CityRead, responses=NOT_FOUND | NAME_TAKEN)
-async def update_city(city_id: CityId, changes: CityUpdate, session: SessionDep) -> City:
-    city = await get_or_404(session, city_id, for_update=True)
+async def update_city(city_id: RowId, changes: CityUpdate, session: SessionDep) -> City:
+    city = await get_or_404(session, City, city_id, for_update=True)
     for field, value in changes.model_dump(exclude_unset=True).items():
         setattr(city, field, value)
     await commit_unless_name_taken(session, city.name)
@@ -56,19 +56,10 @@ async def update_city(city_id: CityId, changes: CityUpdate, session: SessionDep)
 
 
 @router.delete("/{city_id}", status_code=status.HTTP_204_NO_CONTENT, responses=NOT_FOUND)
-async def delete_city(city_id: CityId, session: SessionDep) -> None:
-    city = await get_or_404(session, city_id, for_update=True)
+async def delete_city(city_id: RowId, session: SessionDep) -> None:
+    city = await get_or_404(session, City, city_id, for_update=True)
     await session.delete(city)
     await session.commit()
-
-
-async def get_or_404(session: AsyncSession, city_id: int, *, for_update: bool = False) -> City:
-    """The city, or a `404`. `for_update` locks its row until the commit (on PostgreSQL): a
-    concurrent update or delete of the same city waits, then sees this one's result."""
-    city = await session.get(City, city_id, with_for_update=for_update)
-    if city is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"No city has id {city_id}")
-    return city
 
 
 async def commit_unless_name_taken(session: AsyncSession, name: str) -> None:
