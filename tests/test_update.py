@@ -157,7 +157,7 @@ def edit_like_a_user(project: Path) -> None:
     routers = package / "api/__init__.py"
     replace(routers, "from . import cities\n", "from . import cities, ping\n")
     with routers.open("a") as routes:
-        routes.write("router.include_router(ping.router)\n")
+        routes.write("routers.append(ping.router)\n")
     (project / "tests/test_ping.py").write_text(PING_TEST)
     replace(project / "README.md", README_LINE_THE_USER_EDITS, USERS_README_LINE)
     with (project / ".env").open("a") as env:
@@ -232,7 +232,7 @@ def test_user_edits_are_kept(updated: Updated) -> None:
     assert (project / "src/cities_service/api/ping.py").read_text() == PING_ROUTE
     assert (project / "tests/test_ping.py").read_text() == PING_TEST
     assert (
-        "router.include_router(ping.router)"
+        "routers.append(ping.router)"
         in (project / "src/cities_service/api/__init__.py").read_text()
     )
     readme = (project / "README.md").read_text()
