@@ -113,6 +113,10 @@ def _driver_means_unavailable(error: BaseException) -> bool:
     server's (or SQLite's) word that it cannot take work."""
     if isinstance(error, OSError | asyncpg.ConnectionDoesNotExistError):
         return True
+    # A statement prepared before a migration changed its types, inside a transaction, which
+    # it aborted (`schema_changes.py`): the process prepares it again, so a retry succeeds.
+    if isinstance(error, asyncpg.InvalidCachedStatementError):
+        return True
     if isinstance(error, sqlite3.Error):
         return error.sqlite_errorcode & 0xFF in UNAVAILABLE_SQLITE_CODES
     sqlstate = getattr(error, "sqlstate", None)
