@@ -57,6 +57,11 @@ class StatementMark:
         return self.current + MARK.sub("", statement, count=1)
 
 
+class MisreadRowsError(Exception):
+    """Rows of a statement prepared before a schema change, which asyncpg could not decode, of
+    a statement that is not run again (not a `SELECT`): the app answers 503, to be retried."""
+
+
 def _mark_of(statement: str) -> str:
     found = MARK.match(statement)
     return found.group() if found else ""
@@ -110,7 +115,7 @@ def survive_schema_changes(engine: AsyncEngine) -> None:
             elif misread(error):
                 mark.renew(statement)
                 if not isinstance(getattr(context.compiled, "statement", None), Select):
-                    raise
+                    raise MisreadRowsError(str(error)) from error
             else:
                 raise
             cursor.execute(mark.marked(statement), parameters)
