@@ -177,7 +177,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     parser.add_argument(
         "--scale-out",
         action="store_true",
-        help="instead: the plain variant with 1 and 2 workers, direct and through PgBouncer, "
+        help="instead: the plain variant with 1 and 2 workers, direct, through Debian's "
+        "PgBouncer (pgbouncer) and through 1.24.1 built from source (pgbouncer-prepared), "
         "side by side (writes scale-out.json)",
     )
     parser.add_argument(
@@ -256,18 +257,31 @@ def _pgbouncer(binary: str, database_url: str) -> AbstractContextManager[pgbounc
 
 def run_scale_out(options: Options, wrk_path: str, pgbouncer_path: str) -> None:
     """The plain variant in each configuration of `scale_out`, side by side; the table and the
-    targets on stdout, every round in `scale-out.json`."""
+    targets on stdout, every round in `scale-out.json`. PgBouncer 1.24.1 is built (once per
+    machine, `bench.pgbouncer_build`) when missing."""
     start = time.monotonic()
     server_url = database.dsn(options.database_url)
+    prepared_path = pgbouncer.pgbouncer_binary(pgbouncer.BUILT)
     with (
         tempfile.TemporaryDirectory(prefix="bench-") as workdir,
         database.scratch_database(server_url, prefix="bench") as database_url,
         _pgbouncer(pgbouncer_path, database_url) as bouncer,
+        pgbouncer.pgbouncer(
+            prepared_path,
+            database_url,
+            pool_size=scale_out.PGBOUNCER_SERVER_POOL,
+            max_prepared_statements=scale_out.MAX_PREPARED_STATEMENTS,
+        ) as prepared_bouncer,
     ):
         project = _prepare("plain", Path(workdir) / "plain", database_url, time_suite=False)
         projects.init_db(project.path, database_url, schema=project.name)
         database.seed(database_url, [project.name], options.seed_rows)
-        apps = scale_out.apps(project, database_url, bouncer.url, options.pool)
+        urls = {
+            scale_out.DIRECT: database_url,
+            scale_out.PGBOUNCER: bouncer.url,
+            scale_out.PGBOUNCER_PREPARED: prepared_bouncer.url,
+        }
+        apps = scale_out.apps(project, urls, options.pool)
         warmup = wrk.Load(options.connections, options.warmup)
         measurements = scale_out.measure(
             apps, options.load, warmup, options.rounds, wrk_path, Path(workdir)
@@ -284,7 +298,15 @@ def run_scale_out(options: Options, wrk_path: str, pgbouncer_path: str) -> None:
         {
             "wall_seconds": round(time.monotonic() - start, 1),
             "options": asdict(options) | {"out": str(options.out)},
-            "machine": machine | {"pgbouncer_server_pool": scale_out.PGBOUNCER_SERVER_POOL},
+            "machine": machine
+            | {
+                "pgbouncer_server_pool": scale_out.PGBOUNCER_SERVER_POOL,
+                "pgbouncer_versions": [
+                    ".".join(map(str, bouncer.version)),
+                    ".".join(map(str, pgbouncer.pgbouncer_version(prepared_path))),
+                ],
+                "max_prepared_statements": scale_out.MAX_PREPARED_STATEMENTS,
+            },
             "rounds": [asdict(measurement) for measurement in measurements],
             "rows": [asdict(row) for row in rows],
             "ratios": [asdict(ratio) for ratio in ratios],

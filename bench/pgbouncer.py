@@ -13,6 +13,7 @@ import functools
 import os
 import re
 import shutil
+import signal
 import socket
 import struct
 import subprocess
@@ -32,6 +33,8 @@ PACKAGED: Final = "packaged"
 BUILT: Final = "built"
 # The first PgBouncer that keeps protocol-level prepared statements in transaction mode.
 PREPARED_STATEMENTS_SINCE: Final = (1, 21)
+# The first whose SIGTERM is a "super safe shutdown" (SIGQUIT stops it at once).
+SIGTERM_WAITS_FOR_CLIENTS_SINCE: Final = (1, 23)
 
 BINARY: Final = "/usr/sbin/pgbouncer"
 INSTALL_HINT: Final = (
@@ -162,6 +165,12 @@ class PgBouncer:
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
+    def immediate_shutdown(self) -> signal.Signals:
+        """The signal that stops this PgBouncer at once: SIGTERM until 1.22; from 1.23 SIGTERM
+        waits for every client to disconnect (which an app's pool never does), SIGQUIT not."""
+        return signal.SIGQUIT if self.version >= SIGTERM_WAITS_FOR_CLIENTS_SINCE else signal.SIGTERM
+
+    @property
     def log(self) -> str:
         path = self.directory / "pgbouncer.log"
         return path.read_text() if path.exists() else ""
@@ -185,8 +194,9 @@ class PgBouncer:
         raise RuntimeError(msg)
 
     def stop(self) -> None:
+        """Stop at once, closing every client and server connection."""
         if self._process:
-            self._process.terminate()
+            self._process.send_signal(self.immediate_shutdown)
             self._process.wait(timeout=10)
             self._process = None
 

@@ -26,9 +26,13 @@ class Response:
 
 
 class LoadClient:
-    def __init__(self, base_url: str, timeout: float) -> None:
+    """`concurrency`: at most that many requests in flight, the others queued in the client (not
+    timed meanwhile); None for no limit."""
+
+    def __init__(self, base_url: str, timeout: float, concurrency: int | None = None) -> None:
         self.base_url = base_url
         self._timeout = timeout
+        self._slots = asyncio.Semaphore(concurrency) if concurrency else None
         self._session = aiohttp.ClientSession(
             base_url, connector=aiohttp.TCPConnector(limit=0, force_close=False)
         )
@@ -55,6 +59,20 @@ class LoadClient:
         timeout: float | None = None,
     ) -> Response:
         """Send a request; on timeout, hang up and answer status 0."""
+        if self._slots is None:
+            return await self._request(method, path, json, content, headers, timeout)
+        async with self._slots:
+            return await self._request(method, path, json, content, headers, timeout)
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        json: Any,
+        content: bytes | None,
+        headers: dict[str, str] | None,
+        timeout: float | None,
+    ) -> Response:
         start = time.monotonic()
         client_timeout = aiohttp.ClientTimeout(total=timeout or self._timeout)
         try:

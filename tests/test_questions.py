@@ -38,7 +38,7 @@ def test_defaults_render_a_sqlite_project(tmp_path: Path) -> None:
     }
     config = (project / "src/cities_service/core/config.py").read_text()
     assert 'database_url: str = "sqlite+aiosqlite:///./cities.db"' in config
-    assert 'db_pooler: Literal["none", "pgbouncer"] = "none"' in config
+    assert 'db_pooler: Literal["none", "pgbouncer", "pgbouncer-prepared"] = "none"' in config
 
 
 @pytest.mark.parametrize(
@@ -113,7 +113,7 @@ def test_postgresql_answers_become_setting_defaults(tmp_path: Path) -> None:
         pool_pre_ping=False,
         db_schema="cities",
         session_style="scoped",
-        connection_pooler="pgbouncer",
+        connection_pooler="pgbouncer-prepared",
     )
 
     config = (project / "src/cities_service/core/config.py").read_text()
@@ -123,7 +123,7 @@ def test_postgresql_answers_become_setting_defaults(tmp_path: Path) -> None:
         "db_pool_timeout: float = Field(default=2.5,",
         "db_pool_pre_ping: bool = False",
         'db_schema: str = Field(default="cities",',
-        'db_pooler: Literal["none", "pgbouncer"] = "pgbouncer"',
+        'db_pooler: Literal["none", "pgbouncer", "pgbouncer-prepared"] = "pgbouncer-prepared"',
     ):
         assert line in config
     assert "async_scoped_session" in (project / "src/cities_service/core/database.py").read_text()
@@ -215,7 +215,10 @@ BAD_ANSWERS = [
     ({"db_schema": "a" * 64}, "Not a valid schema name"),
     ({"db_schema": "pg_cities"}, "reserved by PostgreSQL"),
     ({"session_style": "threadlocal"}, "'threadlocal' is not in ['plain', 'scoped']"),
-    ({"connection_pooler": "pgpool"}, "'pgpool' is not in ['none', 'pgbouncer']"),
+    (
+        {"connection_pooler": "pgpool"},
+        "'pgpool' is not in ['none', 'pgbouncer', 'pgbouncer-prepared']",
+    ),
 ]
 
 

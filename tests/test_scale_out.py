@@ -8,12 +8,14 @@ import signal
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
+import asyncpg
 import pytest
 
-from bench.database import scratch_database
+from bench.database import dsn, scratch_database, with_database
 from bench.pgbouncer import PgBouncer, pgbouncer
 from bench.projects import UV, tool_env
 from bench.servers import free_port
@@ -21,6 +23,7 @@ from bench.servers import free_port
 from .helpers import (
     PACKAGE,
     TEST_DATABASE_URL,
+    VARIANTS,
     initialized_database,
     run,
     variant_param,
@@ -45,13 +48,52 @@ PREPARED_STATEMENT_ERROR = "prepared statement"
 
 # PgBouncer's server connections: far fewer than the clients, so that they are shared.
 SERVER_POOL_SIZE = 3
+# Each worker's pool (the rendered defaults), and the load client's requests in flight: no more
+# than one worker's pool, wherever the kernel sends them, so that no request waits for a
+# connection, and a slow machine makes the test slower, never a 503 (`DB_POOL_TIMEOUT`).
+POOL = {"DB_POOL_SIZE": "5", "DB_MAX_OVERFLOW": "10", "DB_POOL_TIMEOUT": "5"}
+IN_FLIGHT = 15
+
+
+@dataclass(frozen=True)
+class Bouncing:
+    """A PgBouncer (the fixture of its binary, its `max_prepared_statements` line) and the
+    app's `DB_POOLER` through it."""
+
+    binary: str
+    pooler: str
+    max_prepared_statements: int | None = None
+
+
+# Debian 12's 1.18 keeps no prepared statement: `pgbouncer`. 1.24.1, built, keeps them.
+PGBOUNCER_118 = Bouncing("packaged_pgbouncer", "pgbouncer")
+PGBOUNCER_124 = Bouncing("prepared_pgbouncer", "pgbouncer-prepared", max_prepared_statements=100)
+BOTH_PGBOUNCERS = [
+    pytest.param(PGBOUNCER_118, id="1.18-pgbouncer"),
+    pytest.param(PGBOUNCER_124, id="1.24-pgbouncer-prepared"),
+]
+# The negative controls: the app keeps statements that the PgBouncer does not.
+WRONG_POOLERS = [
+    pytest.param(Bouncing("packaged_pgbouncer", "none"), id="1.18-none"),
+    pytest.param(
+        Bouncing("prepared_pgbouncer", "pgbouncer-prepared", max_prepared_statements=0),
+        id="1.24-max_prepared_statements-0-pgbouncer-prepared",
+    ),
+]
 
 
 @pytest.fixture
-def bouncer(packaged_pgbouncer: str) -> Iterator[PgBouncer]:
-    """Debian's PgBouncer (1.18 on Debian 12); in CI, where `.ci/run` installs it, never skipped."""
+def bouncer(request: pytest.FixtureRequest, bouncing: Bouncing) -> Iterator[PgBouncer]:
+    """The PgBouncer that the test is parametrized with (`bouncing`); in CI, where `.ci/run`
+    installs and builds them, never skipped."""
     assert TEST_DATABASE_URL
-    with pgbouncer(packaged_pgbouncer, TEST_DATABASE_URL, pool_size=SERVER_POOL_SIZE) as running:
+    binary = request.getfixturevalue(bouncing.binary)
+    with pgbouncer(
+        binary,
+        TEST_DATABASE_URL,
+        pool_size=SERVER_POOL_SIZE,
+        max_prepared_statements=bouncing.max_prepared_statements,
+    ) as running:
         yield running
 
 
@@ -98,13 +140,16 @@ def mixed_load(client: LoadClient, count: int, tag: str) -> list[asyncio.Task[Re
 
 
 # ------------------------------------------------------- the rendered suite, through PgBouncer
+@pytest.mark.parametrize("bouncing", BOTH_PGBOUNCERS)
 @pytest.mark.parametrize("project", BOTH_STYLES, indirect=True)
-def test_rendered_suite_through_pgbouncer(project: Path, bouncer: PgBouncer) -> None:
+def test_rendered_suite_through_pgbouncer(
+    project: Path, bouncer: PgBouncer, bouncing: Bouncing
+) -> None:
     """The suite, migrations included, through transaction pooling, in a schema of its own."""
     result = run(
         [UV, "run", "--no-sync", "pytest", "-q", "-p", "no:cacheprovider", "-rs"],
         project,
-        env={"TEST_DATABASE_URL": bouncer.url, "DB_POOLER": "pgbouncer"},
+        env={"TEST_DATABASE_URL": bouncer.url, "DB_POOLER": bouncing.pooler},
     )
 
     assert " passed" in result.stdout
@@ -121,6 +166,7 @@ def through_bouncer(bouncer: PgBouncer, project: Path) -> Iterator[str]:
     with scratch_database(TEST_DATABASE_URL, prefix="pgb") as url:
         database = url.rsplit("/", 1)[1]
         proxied = bouncer.url.rsplit("/", 1)[0] + f"/{database}"
+        # Migrated as on any PgBouncer: the negative controls' pooler would fail here.
         env = {"DATABASE_URL": proxied, "DB_POOLER": "pgbouncer"}
         run([str(project / ".venv/bin/python"), "-m", PACKAGE, "init-db"], project, env)
         yield proxied
@@ -128,17 +174,18 @@ def through_bouncer(bouncer: PgBouncer, project: Path) -> Iterator[str]:
         bouncer.restart()
 
 
+@pytest.mark.parametrize("bouncing", BOTH_PGBOUNCERS)
 @pytest.mark.parametrize("project", BOTH_STYLES, indirect=True)
 def test_served_through_pgbouncer_with_two_workers(
-    project: Path, bouncer: PgBouncer, through_bouncer: str, tmp_path: Path
+    project: Path, bouncer: PgBouncer, bouncing: Bouncing, through_bouncer: str, tmp_path: Path
 ) -> None:
     """A race on one name, a few thousand mixed requests, then PgBouncer restarted mid-load."""
     log = tmp_path / "server.log"
-    env = {"DATABASE_URL": through_bouncer, "DB_POOLER": "pgbouncer", "DB_POOL_TIMEOUT": "5"}
+    env = {"DATABASE_URL": through_bouncer, "DB_POOLER": bouncing.pooler, **POOL}
     outcome: dict[str, collections.Counter[int]] = {}
 
     async def scenario(base_url: str) -> None:
-        async with LoadClient(base_url, timeout=20) as client:
+        async with LoadClient(base_url, timeout=20, concurrency=IN_FLIGHT) as client:
             race = await client.gather(
                 "POST", "/cities", 300, json={"name": "Lyon", "population": 1}
             )
@@ -168,13 +215,15 @@ def test_served_through_pgbouncer_with_two_workers(
     assert set(outcome["after the restart"]) <= {200, 201}, outcome
 
 
+@pytest.mark.parametrize("bouncing", WRONG_POOLERS)
 @pytest.mark.parametrize("project", [variant_param("postgresql-plain-schema")], indirect=True)
-def test_without_pgbouncer_settings_pgbouncer_breaks_the_app(
-    project: Path, bouncer: PgBouncer, through_bouncer: str, tmp_path: Path
+def test_statements_kept_that_pgbouncer_does_not_keep_break_the_app(
+    project: Path, bouncer: PgBouncer, bouncing: Bouncing, through_bouncer: str, tmp_path: Path
 ) -> None:
-    """The negative control: `DB_POOLER=none` through PgBouncer fails as PgBouncer users know."""
+    """The negative controls: `DB_POOLER=none` through 1.18, and `pgbouncer-prepared` through a
+    PgBouncer without `max_prepared_statements`, fail as PgBouncer users know."""
     log = tmp_path / "server.log"
-    env = {"DATABASE_URL": through_bouncer, "DB_POOLER": "none"}
+    env = {"DATABASE_URL": through_bouncer, "DB_POOLER": bouncing.pooler}
 
     async def scenario(base_url: str) -> collections.Counter[int]:
         async with LoadClient(base_url, timeout=5) as client:
@@ -197,6 +246,85 @@ def test_without_pgbouncer_settings_pgbouncer_breaks_the_app(
 def database_url(project: Path) -> Iterator[str]:
     with initialized_database(project, prefix="srv") as url:
         yield url
+
+
+# ------------------------------------------- a column's type changed under the app, 2 workers
+SCHEMA = VARIANTS["postgresql-plain-schema"]["db_schema"]
+CHANGE_TYPE = f"ALTER TABLE {SCHEMA}.cities ALTER COLUMN population TYPE numeric(20)"
+CITIES = 30
+# Small pools, all of them busy: the server is shared with the other tests.
+SMALL_POOL = {"DB_POOL_SIZE": "4", "DB_MAX_OVERFLOW": "0", "DB_POOL_TIMEOUT": "5"}
+SMALL_POOL_IN_FLIGHT = 4
+
+
+def survives_a_column_type_change(project: Path, env: dict[str, str], log: Path) -> None:
+    """Cities written and read on every pooled connection of both workers; the column's type
+    changed as a migration would, from another connection; then reads (each of them right) and
+    writes, at once. A read never fails; a write fails (503) at most once per pooled
+    connection, and only in the round right after the change."""
+    direct_url = with_database(TEST_DATABASE_URL or "", env["DATABASE_URL"].rsplit("/", 1)[1])
+    rounds: list[collections.Counter[int]] = []
+
+    async def load(client: LoadClient, ids: dict[int, int], tag: str) -> None:
+        reads = [client.get(f"/cities/{city_id}") for city_id in ids] * 5
+        writes = [
+            client.post("/cities", json={"name": f"{tag} {n}", "population": n}) for n in range(60)
+        ]
+        answers = await asyncio.gather(*reads, *writes)
+        for (city_id, population), answer in zip([*ids.items()] * 5, answers, strict=False):
+            assert answer.status == 200, (answer.status, answer.body)
+            assert answer.json() == {
+                "id": city_id,
+                "name": f"City {population}",
+                "population": population,
+            }
+        rounds.append(statuses(answers[len(reads) :]))
+
+    async def scenario(base_url: str) -> None:
+        async with LoadClient(base_url, timeout=20, concurrency=SMALL_POOL_IN_FLIGHT) as client:
+            created = await asyncio.gather(
+                *(
+                    client.post("/cities", json={"name": f"City {n}", "population": n})
+                    for n in range(CITIES)
+                )
+            )
+            ids = {answer.json()["id"]: answer.json()["population"] for answer in created}
+            await load(client, ids, "before")
+            connection = await asyncpg.connect(dsn(direct_url))
+            try:
+                await connection.execute(CHANGE_TYPE)
+            finally:
+                await connection.close()
+            for round_ in range(3):
+                await load(client, ids, f"after {round_}")
+
+    with serving(project, {**env, **SMALL_POOL}, log, workers=2) as (base_url, _server):
+        asyncio.run(scenario(base_url))
+
+    before, right_after, *later = rounds
+    assert before == {201: 60}
+    pooled = 2 * int(SMALL_POOL["DB_POOL_SIZE"])
+    assert set(right_after) <= {201, 503}, right_after
+    assert right_after[503] <= pooled, right_after
+    assert all(round_ == {201: 60} for round_ in later), later
+
+
+@pytest.mark.parametrize("project", [variant_param("postgresql-plain-schema")], indirect=True)
+def test_a_column_type_changed_under_the_served_app_direct(
+    project: Path, database_url: str, tmp_path: Path
+) -> None:
+    survives_a_column_type_change(project, {"DATABASE_URL": database_url}, tmp_path / "log")
+
+
+@pytest.mark.parametrize("bouncing", [pytest.param(PGBOUNCER_124, id="1.24-pgbouncer-prepared")])
+@pytest.mark.parametrize("project", [variant_param("postgresql-plain-schema")], indirect=True)
+def test_a_column_type_changed_under_the_served_app_through_pgbouncer_prepared(
+    project: Path, bouncer: PgBouncer, bouncing: Bouncing, through_bouncer: str, tmp_path: Path
+) -> None:
+    """PgBouncer keeps its server connections (and their statements of the old types)."""
+    env = {"DATABASE_URL": through_bouncer, "DB_POOLER": bouncing.pooler}
+    survives_a_column_type_change(project, env, tmp_path / "log")
+    assert PREPARED_STATEMENT_ERROR not in bouncer.log
 
 
 @pytest.mark.parametrize("project", [variant_param("postgresql-scoped-schema")], indirect=True)

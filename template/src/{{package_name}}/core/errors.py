@@ -21,6 +21,8 @@ from pydantic import BaseModel
 from sqlalchemy import exc
 from starlette.exceptions import HTTPException
 
+from .schema_changes import MisreadRowsError
+
 logger = logging.getLogger(__name__)
 
 RETRY_AFTER_SECONDS: Final = 5
@@ -98,8 +100,9 @@ def _causes(error: BaseException | None) -> Iterator[BaseException]:
 
 
 def _means_unavailable(error: BaseException) -> bool:
-    # Refused or timed out at connect (see `database.py`), or the pool has no free connection.
-    if isinstance(error, DatabaseUnavailableError | exc.TimeoutError):
+    # Refused or timed out at connect (see `database.py`), the pool has no free connection, or
+    # rows of a statement prepared before a schema change (`schema_changes.py`).
+    if isinstance(error, DatabaseUnavailableError | exc.TimeoutError | MisreadRowsError):
         return True
     if isinstance(error, exc.DBAPIError):
         return error.connection_invalidated or any(
@@ -112,6 +115,10 @@ def _driver_means_unavailable(error: BaseException) -> bool:
     """What the driver raised, inside a SQLAlchemy error: a connection lost mid-statement, or the
     server's (or SQLite's) word that it cannot take work."""
     if isinstance(error, OSError | asyncpg.ConnectionDoesNotExistError):
+        return True
+    # A statement prepared before a migration changed its types, inside a transaction, which
+    # it aborted (`schema_changes.py`): the process prepares it again, so a retry succeeds.
+    if isinstance(error, asyncpg.InvalidCachedStatementError):
         return True
     if isinstance(error, sqlite3.Error):
         return error.sqlite_errorcode & 0xFF in UNAVAILABLE_SQLITE_CODES
@@ -207,6 +214,6 @@ async def undecodable_body(request: Request, error: Exception) -> Response:
 def add_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_exception_handler(HTTPException, undecodable_body)
-    for error in (exc.DBAPIError, exc.TimeoutError, DatabaseUnavailableError):
+    for error in (exc.DBAPIError, exc.TimeoutError, DatabaseUnavailableError, MisreadRowsError):
         app.add_exception_handler(error, database_error)
     app.add_exception_handler(exc.IntegrityError, conflict)
