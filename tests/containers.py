@@ -41,6 +41,11 @@ def missing_engine() -> str | None:
     for tool in TOOLS:
         if shutil.which(tool, path=SBIN_PATH) is None:
             return f"{tool} is not installed (.ci/run installs podman, runc and debootstrap)"
+    if os.geteuid() != 0 and not image_exists(STANDIN):
+        sudo = shutil.which("sudo")
+        check = [sudo or "sudo", "-n", "true"]
+        if sudo is None or subprocess.run(check, capture_output=True, check=False).returncode:
+            return "building the stand-in base image (debootstrap) needs root or sudo -n"
     return None
 
 

@@ -1,14 +1,13 @@
 """The rendered Dockerfile, built and run on a real engine: podman, on a stand-in for the official
 Python image (see containers.py). `init-db` and `serve` from the image against the local
 PostgreSQL, a plain user, no dev tools and no `.env` inside, and a clean, prompt exit on
-`podman stop`. Each variant's image is built once, in one xdist worker."""
+`podman stop`. One test per variant: each image is built once, whichever xdist worker runs it."""
 
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -29,14 +28,12 @@ from .helpers import (
 )
 from .postgres import fetch
 
-pytestmark = [pytest.mark.render, pytest.mark.xdist_group("image")]
+pytestmark = pytest.mark.render
 
 # The console script, which the image's CMD runs.
 CLI = PACKAGE.replace("_", "-")
 EXPECTED_CMD = [CLI, "serve", "--host", "0.0.0.0", "--port", "8000"]
 DEV_TOOLS = ("pytest", "ruff", "mypy", "httpx", "asgi_lifespan")
-# A line only the render's .env has: the image must not hold it.
-ENV_MARKER = "# image test: this .env must stay out of the image"
 
 # What the image holds, seen from inside it by its own Python: who runs it, the dev tools it can
 # import, every file whose name starts with `.env`, whether uv and the builder's files are there.
@@ -58,13 +55,6 @@ print(json.dumps({{
 """
 
 
-@dataclass(frozen=True)
-class Image:
-    name: str
-    project: Path
-    build_seconds: float
-
-
 @pytest.fixture(scope="session")
 def base_image(tmp_path_factory: pytest.TempPathFactory) -> str:
     """The stand-in Python image, built once per machine; a container must start on it."""
@@ -79,35 +69,25 @@ def base_image(tmp_path_factory: pytest.TempPathFactory) -> str:
     return name
 
 
-@pytest.fixture(scope="session")
-def image(
-    base_image: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Callable[[str], Image]]:
-    """Render a variant, lock it and build its image, once per session; removed at the end."""
-    images: dict[str, Image] = {}
-
-    def build(variant: str) -> Image:
-        if variant not in images:
-            workdir = tmp_path_factory.mktemp(f"image-{variant}")
-            project = render(workdir / "project", **VARIANTS[variant])
-            with (project / ".env").open("a") as env_file:
-                env_file.write(f"{ENV_MARKER}\n")
-            # The README has users commit uv.lock; the Dockerfile installs from it (--locked).
-            run([UV, "lock"], project)
-            name = f"localhost/cities-template-test-{variant}:{uuid.uuid4().hex[:12]}"
-            # This machine's needs, not the Dockerfile's: PyPI through the host's network and
-            # its CA bundle, mounted for the build only.
-            args = ["build", "--network", "host", "--build-arg", f"PYTHON_IMAGE={base_image}"]
-            if Path(CA_BUNDLE).exists():
-                args += ["--volume", f"{CA_BUNDLE}:{CA_BUNDLE}:ro"]
-            start = time.monotonic()
-            podman([*args, "--tag", name, str(project)], timeout=600)
-            images[variant] = Image(name, project, time.monotonic() - start)
-        return images[variant]
-
-    yield build
-    for built in images.values():
-        podman(["rmi", "--force", built.name], check=False)
+@contextmanager
+def built_image(variant: str, base_image: str, workdir: Path) -> Iterator[str]:
+    """Render a variant, lock it and build its image on the stand-in; the image's name, removed
+    at the end."""
+    project = render(workdir / "project", **VARIANTS[variant])
+    assert (project / ".env").is_file(), "the render writes a .env, which the image must not hold"
+    # The README has users commit uv.lock; the Dockerfile installs from it (--locked).
+    run([UV, "lock"], project)
+    name = f"localhost/cities-template-test-{variant}:{uuid.uuid4().hex[:12]}"
+    # This machine's needs, not the Dockerfile's: PyPI through the host's network and its CA
+    # bundle, mounted for the build only.
+    args = ["build", "--network", "host", "--build-arg", f"PYTHON_IMAGE={base_image}"]
+    if Path(CA_BUNDLE).exists():
+        args += ["--volume", f"{CA_BUNDLE}:{CA_BUNDLE}:ro"]
+    podman([*args, "--tag", name, str(project)], timeout=600)
+    try:
+        yield name
+    finally:
+        podman(["rmi", "--force", name], check=False)
 
 
 @contextmanager
@@ -159,38 +139,38 @@ def stop_cleanly(name: str) -> None:
     assert "Finished server process" in logs(name)
 
 
-def test_image_runs_the_cli_as_a_plain_user_without_dev_tools_or_env(
-    image: Callable[[str], Image],
-) -> None:
-    built = image("postgresql-plain-schema")
-    config = json.loads(podman(["image", "inspect", built.name]).stdout)[0]["Config"]
+def check_contents(image: str) -> None:
+    """The image's command and user, and what it holds: no dev tools, no uv, no `.env`, no
+    build directory; the package installed into the virtual environment."""
+    config = json.loads(podman(["image", "inspect", image]).stdout)[0]["Config"]
     assert config["Cmd"] == EXPECTED_CMD
     assert config["User"] == "10001:10001"
-    inside = json.loads(podman(["run", "--rm", built.name, "python", "-c", INSPECT_SCRIPT]).stdout)
+    inside = json.loads(podman(["run", "--rm", image, "python", "-c", INSPECT_SCRIPT]).stdout)
     assert inside["uid"] == 10001
     assert inside["dev_tools"] == []
     assert inside["env_files"] == []
     assert inside["uv"] is None
     assert not inside["build_dir"]
-    # Installed as a package into the environment, not linked to the build's sources.
     assert inside["package"].startswith("/opt/venv/lib/")
 
 
 @requires_postgresql
-def test_postgresql_image_migrates_serves_and_stops(image: Callable[[str], Image]) -> None:
+def test_postgresql_image(base_image: str, tmp_path: Path) -> None:
     """`init-db` as a one-off container, then the image's own command (on a free port: the host's
-    network is shared) against a database of the test's own; `podman stop` ends it cleanly."""
+    network is shared) against a database of the test's own; `podman stop` ends it cleanly and
+    leaves no connection."""
     assert TEST_DATABASE_URL
-    built = image("postgresql-plain-schema")
-    with scratch_database(TEST_DATABASE_URL, prefix="img") as url:
-        env = {"DATABASE_URL": url}
-        init_db = [CLI, "init-db"]
+    with (
+        built_image("postgresql-plain-schema", base_image, tmp_path) as image,
+        scratch_database(TEST_DATABASE_URL, prefix="img") as url,
+    ):
+        check_contents(image)
         settings = ["--env", f"DATABASE_URL={url}"]
-        migrated = podman(["run", "--rm", "--network", "host", *settings, built.name, *init_db])
+        migrated = podman(["run", "--rm", "--network", "host", *settings, image, CLI, "init-db"])
         assert "upgraded from revision none to" in migrated.stdout
 
         port = free_port()
-        with container(built.name, [*EXPECTED_CMD[:-1], str(port)], env) as name:
+        with container(image, [*EXPECTED_CMD[:-1], str(port)], {"DATABASE_URL": url}) as name:
             base_url = f"http://127.0.0.1:{port}"
             wait_until_answering(base_url, name)
             check_cities(base_url)
@@ -204,15 +184,16 @@ def test_postgresql_image_migrates_serves_and_stops(image: Callable[[str], Image
         assert fetch(url, f"{others} AND pid <> pg_backend_pid()")[0][0] == 0
 
 
-def test_sqlite_image_keeps_its_database_in_data(image: Callable[[str], Image]) -> None:
-    """On SQLite the default `./cities.db` lands in /data, the working directory that the app's
+def test_sqlite_image(base_image: str, tmp_path: Path) -> None:
+    """On SQLite the default `./cities.db` lands in /data, the working directory, which the app's
     user can write (a volume in production)."""
-    built = image("sqlite-plain")
-    port = free_port()
-    with container(built.name, [*EXPECTED_CMD[:-1], str(port)], {}) as name:
-        base_url = f"http://127.0.0.1:{port}"
-        wait_until_answering(base_url, name)
-        assert "upgraded from revision none to" in podman(["exec", name, CLI, "init-db"]).stdout
-        check_cities(base_url)
-        assert "cities.db" in podman(["exec", name, "ls", "/data"]).stdout.split()
-        stop_cleanly(name)
+    with built_image("sqlite-plain", base_image, tmp_path) as image:
+        check_contents(image)
+        port = free_port()
+        with container(image, [*EXPECTED_CMD[:-1], str(port)], {}) as name:
+            base_url = f"http://127.0.0.1:{port}"
+            wait_until_answering(base_url, name)
+            assert "upgraded from revision none" in podman(["exec", name, CLI, "init-db"]).stdout
+            check_cities(base_url)
+            assert "cities.db" in podman(["exec", name, "ls", "/data"]).stdout.split()
+            stop_cleanly(name)
