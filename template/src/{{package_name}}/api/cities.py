@@ -8,7 +8,13 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ..core.errors import DATABASE_UNAVAILABLE, ErrorMessage, Violation, violation
+from ..core.errors import (
+    DATABASE_UNAVAILABLE,
+    REQUEST_TOO_LARGE,
+    ErrorMessage,
+    Violation,
+    violation,
+)
 from ..dependencies import ReadSessionDep, SessionDep
 from ..models import ID_MAX, City
 from ..schemas import CityCreate, CityRead, CityUpdate
@@ -24,7 +30,12 @@ NAME_TAKEN: Final[dict[int | str, Any]] = {
 }
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=CityRead, responses=NAME_TAKEN)
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=CityRead,
+    responses=NAME_TAKEN | REQUEST_TOO_LARGE,
+)
 async def create_city(city_in: CityCreate, session: SessionDep) -> City:
     city = City(**city_in.model_dump())
     session.add(city)
@@ -46,7 +57,9 @@ async def get_city(city_id: CityId, session: ReadSessionDep) -> City:
     return await get_or_404(session, city_id)
 
 
-@router.patch("/{city_id}", response_model=CityRead, responses=NOT_FOUND | NAME_TAKEN)
+@router.patch(
+    "/{city_id}", response_model=CityRead, responses=NOT_FOUND | NAME_TAKEN | REQUEST_TOO_LARGE
+)
 async def update_city(city_id: CityId, changes: CityUpdate, session: SessionDep) -> City:
     city = await get_or_404(session, city_id, for_update=True)
     for field, value in changes.model_dump(exclude_unset=True).items():

@@ -80,6 +80,16 @@ class ErrorMessage(BaseModel):
     detail: str
 
 
+# The answer of `BodyLimitMiddleware` to any request: documented on the routes that take a body,
+# as FastAPI documents its `422` on those that take input.
+REQUEST_TOO_LARGE: Final[dict[int | str, dict[str, Any]]] = {
+    status.HTTP_413_CONTENT_TOO_LARGE: {
+        "model": ErrorMessage,
+        "description": "The body is over `MAX_REQUEST_BODY_BYTES`: refused before it is read",
+    },
+}
+
+
 class DatabaseUnavailableError(Exception):
     """The database could not be reached: a connection was refused, or timed out."""
 
