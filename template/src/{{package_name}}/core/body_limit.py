@@ -11,19 +11,15 @@ than read (and discard) the rest of the body:
   not do: FastAPI turns any error while it reads the body into a `400`.
 """
 
-from typing import Final
-
 from fastapi import status
 from fastapi.responses import JSONResponse
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-DISCONNECT: Final[Message] = {"type": "http.disconnect"}
-
 
 class BodyLimitMiddleware:
-    """Answer `413` to a request whose body is over `max_body_bytes` (pure ASGI: it sees the body
-    arrive chunk by chunk, which a `BaseHTTPMiddleware` would buffer first)."""
+    """Answer `413` to a request whose body is over `max_body_bytes`. Pure ASGI: it sees each
+    chunk of the body as it arrives, and answers in the middle of it."""
 
     def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
         self.app = app
@@ -38,21 +34,22 @@ class BodyLimitMiddleware:
             return
 
         received = 0
-        started = answered = False
+        started = cut = answered = False
 
         async def counting_receive() -> Message:
-            nonlocal received, answered
-            if answered:
-                return DISCONNECT
+            nonlocal received, cut, answered
+            if cut:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_body_bytes:
+                    cut = True
                     # Too late for a 413 once the app has begun its answer: it just reads no more.
                     if not started:
                         await self._too_large(scope, receive, send)
                         answered = True
-                    return DISCONNECT
+                    return {"type": "http.disconnect"}
             return message
 
         async def guarded_send(message: Message) -> None:
