@@ -80,6 +80,16 @@ class ErrorMessage(BaseModel):
     detail: str
 
 
+# The answer of `BodyLimitMiddleware` to a body over the limit, which any request may send:
+# documented on every route (the app's `responses`).
+REQUEST_TOO_LARGE: Final[dict[int | str, dict[str, Any]]] = {
+    status.HTTP_413_CONTENT_TOO_LARGE: {
+        "model": ErrorMessage,
+        "description": "The body is over `MAX_REQUEST_BODY_BYTES`: refused before it is read",
+    },
+}
+
+
 class DatabaseUnavailableError(Exception):
     """The database could not be reached: a connection was refused, or timed out."""
 
