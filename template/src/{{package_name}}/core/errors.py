@@ -21,6 +21,9 @@ from pydantic import BaseModel
 from sqlalchemy import exc
 from starlette.exceptions import HTTPException
 
+from .metrics import POOL_TIMEOUTS
+from .telemetry import cause_of_answer
+
 logger = logging.getLogger(__name__)
 
 RETRY_AFTER_SECONDS: Final = 5
@@ -140,6 +143,11 @@ def violation(error: exc.IntegrityError) -> Violation | None:
     return None
 
 
+def _first_line(error: BaseException) -> str:
+    lines = str(error).splitlines()
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+
+
 def schema_mismatch(error: exc.DBAPIError) -> str | None:
     """What is wrong when `error` says that a table or a column of the models is missing."""
     sqlstate = getattr(error.orig, "sqlstate", None)
@@ -157,7 +165,11 @@ def schema_mismatch(error: exc.DBAPIError) -> str | None:
 async def database_error(request: Request, error: Exception) -> JSONResponse:
     """`503` for an outage; `500`, logged with the reason, for a database the app cannot use."""
     if is_unavailable(error):
-        logger.warning("%s %s: database unavailable: %r", request.method, request.url.path, error)
+        # Logged once, by the request's access line, with this cause (`core/telemetry.py`).
+        if pool_timed_out := any(isinstance(cause, exc.TimeoutError) for cause in _causes(error)):
+            POOL_TIMEOUTS.inc()
+        what = "no free connection in the pool" if pool_timed_out else "database unavailable"
+        cause_of_answer(request.scope, f"{what}: {_first_line(error)}")
         return JSONResponse(
             {"detail": "The database is unavailable; retry later"},
             status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
