@@ -37,35 +37,41 @@ class Draining:
             yield
             return
         loop = asyncio.get_running_loop()
-        server_handler = signal.getsignal(signal.SIGTERM)
+        # None: a handler set outside Python, which cannot be put back; the default instead.
+        server_handler = signal.getsignal(signal.SIGTERM) or signal.SIG_DFL
         later: asyncio.TimerHandle | None = None
+        stopped = False
 
         def stop(sig: int, frame: FrameType | None) -> None:
+            nonlocal stopped
+            if stopped:
+                return
+            stopped = True
             signal.signal(signal.SIGTERM, server_handler)
             if callable(server_handler):
                 server_handler(sig, frame)
             else:  # no handler of the server's: what SIGTERM does by default (or nothing)
                 signal.raise_signal(sig)
 
-        def start(sig: int, frame: FrameType | None) -> None:
+        def schedule(sig: int) -> None:
             nonlocal later
-            if self.started:
+            if not stopped:
+                later = loop.call_later(self.delay, stop, sig, None)
+
+        def start(sig: int, frame: FrameType | None) -> None:
+            if self.started:  # a second SIGTERM: stop now
                 stop(sig, frame)
                 return
             self.started = True
             logger.info("SIGTERM: readiness answers 503; stopping in %s s", self.delay)
-
-            def schedule() -> None:
-                nonlocal later
-                later = loop.call_later(self.delay, stop, sig, None)
-
             # A signal handler runs between any two bytecodes: it hands the loop its work.
-            loop.call_soon_threadsafe(schedule)
+            loop.call_soon_threadsafe(schedule, sig)
 
         signal.signal(signal.SIGTERM, start)
         try:
             yield
         finally:
+            stopped = True
             if later is not None:
                 later.cancel()
             if signal.getsignal(signal.SIGTERM) is start:

@@ -70,12 +70,14 @@ class TelemetryMiddleware:
         except Exception:
             if not status:
                 await _internal_error(send_with_id)
-            self._record(scope, status, started, "unhandled error")
+            self._record(scope, status, started, "unhandled error", rid)
             raise  # and leave the request id set: the server logs the traceback with it
-        self._record(scope, status, started, scope.get("state", {}).get(CAUSE))
+        self._record(scope, status, started, scope.get("state", {}).get(CAUSE), rid)
         request_id.reset(token)
 
-    def _record(self, scope: Scope, status: int, started: float, cause: str | None) -> None:
+    def _record(
+        self, scope: Scope, status: int, started: float, cause: str | None, rid: str
+    ) -> None:
         duration = time.perf_counter() - started
         method = scope["method"]
         route = getattr(scope.get("route"), "path", UNMATCHED)
@@ -86,7 +88,13 @@ class TelemetryMiddleware:
             return
         path = scope["path"]
         milliseconds = round(duration * 1000, 1)
-        fields = {"method": method, "path": path, "status": status, "duration_ms": milliseconds}
+        fields = {
+            "method": method,
+            "path": path,
+            "status": status,
+            "duration_ms": milliseconds,
+            "request_id": rid,
+        }
         message = f"{method} {path} {status} {milliseconds} ms"
         if cause:
             logger.log(level, "%s: %s", message, cause, extra=fields | {"cause": cause})
