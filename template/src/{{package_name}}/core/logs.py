@@ -17,7 +17,7 @@ LogFormat = Literal["text", "json"]
 # The id of the request being served (`core/telemetry.py` sets it), `-` outside a request.
 request_id: ContextVar[str] = ContextVar("request_id", default="-")
 
-TEXT_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
+TEXT_FORMAT: Final = "%(asctime)s %(levelname)s [%(process)d] %(name)s [%(request_id)s] %(message)s"
 # What every `LogRecord` has: anything else on a record came from `extra=` and is a field.
 _STANDARD_ATTRIBUTES: Final = frozenset(
     vars(logging.LogRecord("", 0, "", 0, "", None, None)).keys()
@@ -34,14 +34,15 @@ class RequestIdFilter(logging.Filter):
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message, request id, the fields given in
-    `extra=`, and the traceback if any."""
+    """One JSON object per line: time, level, logger, process (the worker's id), message,
+    request id, the fields given in `extra=`, and the traceback if any."""
 
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "logger": record.name,
+            "process": record.process,
             "message": record.getMessage(),
             "request_id": getattr(record, "request_id", request_id.get()),
         }
