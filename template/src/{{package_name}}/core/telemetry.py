@@ -23,6 +23,7 @@ import time
 import uuid
 from typing import Final
 
+from prometheus_client import Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .logs import request_id
@@ -47,6 +48,9 @@ class TelemetryMiddleware:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        # The metrics' children by method, route and status: a few dozen at most, as routes
+        # are templates and methods and statuses few.
+        self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -81,8 +85,12 @@ class TelemetryMiddleware:
         duration = time.perf_counter() - started
         method = scope["method"]
         route = getattr(scope.get("route"), "path", UNMATCHED)
-        REQUESTS.labels(method, route, str(status)).inc()
-        LATENCY.labels(method, route).observe(duration)
+        key = (method, route, status)
+        if (children := self._children.get(key)) is None:  # `labels()` costs: once per key
+            children = REQUESTS.labels(method, route, str(status)), LATENCY.labels(method, route)
+            self._children[key] = children
+        children[0].inc()
+        children[1].observe(duration)
         level = logging.WARNING if status >= 500 else logging.INFO
         if not logger.isEnabledFor(level):
             return
