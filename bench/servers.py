@@ -96,19 +96,15 @@ def serve(app: App, log: Path) -> Iterator[str]:
     """Serve `app` with its uvicorn workers on a free loopback port until the block ends; yield
     its base URL once it answers. Stopping it closes its pools, so the next app starts afresh."""
     port = free_port()
-    command = [
-        str(app.project / ".venv/bin/python"),
-        "-m",
-        "uvicorn",
-        app.target,
-        "--host=127.0.0.1",
-        f"--port={port}",
-        f"--workers={app.workers}",
-        "--no-access-log",
-        "--log-level=warning",
-    ]
+    python = str(app.project / ".venv/bin/python")
+    listen = ["--host=127.0.0.1", f"--port={port}", f"--workers={app.workers}"]
     if app.app_dir:
-        command.append(f"--app-dir={app.app_dir}")
+        command = [python, "-m", "uvicorn", app.target, *listen, "--no-access-log"]
+        command += ["--log-level=warning", f"--app-dir={app.app_dir}"]
+    else:
+        # A variant is served as in production, by its `serve` (uvicorn, with the app's own
+        # access log and metrics on): what they cost is part of its figures.
+        command = [python, "-m", PACKAGE, "serve", *listen, "--ignore-connection-budget"]
     with log.open("w") as output:
         # A session of its own: Ctrl-C reaches the benchmark only, which stops the server itself.
         server = subprocess.Popen(

@@ -26,6 +26,8 @@ def test_defaults_render_a_sqlite_project(tmp_path: Path) -> None:
         "src/cities_service/main.py",
         "src/cities_service/__main__.py",
         "tests/conftest.py",
+        "Dockerfile",
+        ".dockerignore",
     ):
         assert (project / path).is_file(), path
     assert answers(project) | {"_commit": None, "_src_path": None} == {

@@ -22,6 +22,8 @@ from sqlalchemy import exc
 from starlette.exceptions import HTTPException
 
 from .schema_changes import MisreadRowsError
+from .metrics import POOL_TIMEOUTS
+from .telemetry import cause_of_answer
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +84,16 @@ class ErrorMessage(BaseModel):
     detail: str
 
 
+# The answer of `BodyLimitMiddleware` to a body over the limit, which any request may send:
+# documented on every route (the app's `responses`).
+REQUEST_TOO_LARGE: Final[dict[int | str, dict[str, Any]]] = {
+    status.HTTP_413_CONTENT_TOO_LARGE: {
+        "model": ErrorMessage,
+        "description": "The body is over `MAX_REQUEST_BODY_BYTES`: refused before it is read",
+    },
+}
+
+
 class DatabaseUnavailableError(Exception):
     """The database could not be reached: a connection was refused, or timed out."""
 
@@ -137,6 +149,11 @@ def violation(error: exc.IntegrityError) -> Violation | None:
     return None
 
 
+def _first_line(error: BaseException) -> str:
+    lines = str(error).splitlines()
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+
+
 def schema_mismatch(error: exc.DBAPIError) -> str | None:
     """What is wrong when `error` says that a table or a column of the models is missing."""
     sqlstate = getattr(error.orig, "sqlstate", None)
@@ -154,7 +171,11 @@ def schema_mismatch(error: exc.DBAPIError) -> str | None:
 async def database_error(request: Request, error: Exception) -> JSONResponse:
     """`503` for an outage; `500`, logged with the reason, for a database the app cannot use."""
     if is_unavailable(error):
-        logger.warning("%s %s: database unavailable: %r", request.method, request.url.path, error)
+        # Logged once, by the request's access line, with this cause (`core/telemetry.py`).
+        if pool_timed_out := any(isinstance(cause, exc.TimeoutError) for cause in _causes(error)):
+            POOL_TIMEOUTS.inc()
+        what = "no free connection in the pool" if pool_timed_out else "database unavailable"
+        cause_of_answer(request.scope, f"{what}: {_first_line(error)}")
         return JSONResponse(
             {"detail": "The database is unavailable; retry later"},
             status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
