@@ -99,6 +99,8 @@ class Replica:
         """`engine`: the replica's, with a pool of its own; `primary`: the primary's engine in
         autocommit mode (the fallback of reads, and where tokens come from)."""
         self.engine = engine
+        # Its checks, one statement each: no BEGIN and ROLLBACK around them.
+        self._checks = engine.execution_options(isolation_level="AUTOCOMMIT")
         self.primary = primary
         self.max_lag = max_lag
         self.state = State.UNKNOWN
@@ -180,7 +182,7 @@ class Replica:
             # Connections from before the outage are dead: start the pool afresh.
             await self.engine.dispose()
         primary = await self._primary_position()
-        async with asyncio.timeout(CHECK_TIMEOUT_SECONDS), self.engine.connect() as connection:
+        async with asyncio.timeout(CHECK_TIMEOUT_SECONDS), self._checks.connect() as connection:
             in_recovery, received, replayed = (await connection.execute(REPLICA_POSITIONS)).one()
         self._observe(
             time.monotonic(),
