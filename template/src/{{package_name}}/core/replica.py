@@ -8,12 +8,14 @@
   grows on an idle primary though the replica has replayed everything): the task samples the
   primary's flushed position (`pg_current_wal_flush_lsn()`) and the replica's replayed one
   (`pg_last_wal_replay_lsn()`); the lag is how long ago the primary first had WAL that the
-  replica has not replayed yet (0 when it has replayed all, to within a check). A replica more than `DB_READ_MAX_LAG` seconds behind is bypassed. When
-  the primary does not answer, the replica's own received position stands in for the primary's.
+  replica has not replayed yet (0 when it has replayed all, to within a check). A replica more
+  than `DB_READ_MAX_LAG` seconds behind is bypassed. When the primary does not answer, the
+  replica's own received position stands in for the primary's.
 - **Read your writes**: after a request's session committed, its response carries
   `X-Consistency-Token`, the primary's WAL position after the commit (one more round trip, only
-  with a replica: no reply to `COMMIT` carries it). A read that sends it back is served by the replica only once the replica has
-  replayed that far (as of its last check), else by the primary.
+  with a replica: no reply to `COMMIT` carries it). A read that sends it back is served by the
+  replica only once the replica has replayed that far (as of its last check), else by the
+  primary.
 - **Failure**: a statement that the replica cannot answer (refused, timed out, connection lost
   mid-read, canceled by a recovery conflict) runs again on the primary: no failed read. The replica
   is then left alone and checked again after a back-off (0.5 s, doubling up to 5 s); reads return
