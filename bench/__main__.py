@@ -22,7 +22,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Final
 
-from . import database, pgbouncer, projects, report, scale_out, servers, wrk
+from . import database, pgbouncer, projects, replicas, report, scale_out, servers, wrk
 from .projects import Project
 from .results import REFERENCES, Measurement, check_targets, summarize
 from .servers import App, Pool
@@ -67,6 +67,7 @@ class Options:
     workers: int = 1
     pooler: str = "none"
     scale_out: bool = False
+    replica: bool = False
 
     @property
     def load(self) -> wrk.Load:
@@ -98,6 +99,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(pgbouncer.INSTALL_HINT + "\n")
         return 2
     try:
+        if options.replica:
+            run_replica(options, wrk_path)
+            return 0
         if options.scale_out:
             assert pgbouncer_path
             run_scale_out(options, wrk_path, pgbouncer_path)
@@ -182,6 +186,12 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         "side by side (writes scale-out.json)",
     )
     parser.add_argument(
+        "--replica",
+        action="store_true",
+        help="instead: the plain variant with 1 and 2 workers on a primary of the run's own, "
+        "alone and with a streaming replica for reads, side by side (writes replica.json)",
+    )
+    parser.add_argument(
         "--database-url",
         default=DEFAULT_DATABASE_URL,
         help="a database on the PostgreSQL server to use; the run makes a scratch database "
@@ -208,6 +218,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         workers=args.workers,
         pooler=args.pooler,
         scale_out=args.scale_out,
+        replica=args.replica,
     )
 
 
@@ -311,6 +322,46 @@ def run_scale_out(options: Options, wrk_path: str, pgbouncer_path: str) -> None:
             "rows": [asdict(row) for row in rows],
             "ratios": [asdict(ratio) for ratio in ratios],
             "targets": [asdict(target) for target in checked],
+        },
+    )
+    sys.stdout.write(f"\nWall time {time.monotonic() - start:.0f} s. Wrote {json_path}\n")
+
+
+def run_replica(options: Options, wrk_path: str) -> None:
+    """The plain variant on a primary and a streaming replica of the run's own (`bench.replicas`,
+    as the tests make them), alone and with the replica, side by side; the table on stdout,
+    every round in `replica.json`."""
+    start = time.monotonic()
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-") as workdir,
+        replicas.primary_and_replica() as pair,
+        database.scratch_database(pair.primary.url(), prefix="bench") as database_url,
+    ):
+        project = _prepare("plain", Path(workdir) / "plain", database_url, time_suite=False)
+        projects.init_db(project.path, database_url, schema=project.name)
+        database.seed(database_url, [project.name], options.seed_rows)
+        pair.wait_for_replay()
+        replica_url = pair.replica.url(database_url.rpartition("/")[2])
+        apps = scale_out.replica_apps(project, database_url, replica_url, options.pool)
+        warmup = wrk.Load(options.connections, options.warmup)
+        measurements = scale_out.measure(
+            apps, options.load, warmup, options.rounds, wrk_path, Path(workdir)
+        )
+        machine = _machine(project, database_url, wrk_path, options)
+    rows = scale_out.rows(measurements, scale_out.REPLICA_CONFIGURATIONS)
+    ratios = scale_out.ratios(measurements, scale_out.REPLICA_COMPARISONS)
+    sys.stdout.write(scale_out.table(rows, ratios))
+    options.out.mkdir(parents=True, exist_ok=True)
+    json_path = options.out / "replica.json"
+    report.write_json(
+        json_path,
+        {
+            "wall_seconds": round(time.monotonic() - start, 1),
+            "options": asdict(options) | {"out": str(options.out)},
+            "machine": machine | {"servers": "primary and replica of the run's own, fsync off"},
+            "rounds": [asdict(measurement) for measurement in measurements],
+            "rows": [asdict(row) for row in rows],
+            "ratios": [asdict(ratio) for ratio in ratios],
         },
     )
     sys.stdout.write(f"\nWall time {time.monotonic() - start:.0f} s. Wrote {json_path}\n")

@@ -16,7 +16,7 @@ import statistics
 import uuid
 from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Final
 
@@ -34,6 +34,7 @@ PGBOUNCER_PREPARED: Final = "PgBouncer 1.24"
 POOLERS: Final = {DIRECT: "none", PGBOUNCER: "pgbouncer", PGBOUNCER_PREPARED: "pgbouncer-prepared"}
 # 1.24's default; the app's statements are a handful.
 MAX_PREPARED_STATEMENTS: Final = 200
+REPLICA: Final = "replica"  # direct, reads on a streaming replica (`--replica`)
 # PgBouncer's server connections for the app: enough for the queries two cores run at once.
 PGBOUNCER_SERVER_POOL: Final = 20
 MIN_TWO_WORKERS_SPEEDUP: Final = 1.4
@@ -56,6 +57,10 @@ CONFIGURATIONS: Final = tuple(
     Configuration(workers, route)
     for route in (DIRECT, PGBOUNCER, PGBOUNCER_PREPARED)
     for workers in (1, 2)
+)
+# `python -m bench --replica`: the primary alone, and with its replica for reads.
+REPLICA_CONFIGURATIONS: Final = tuple(
+    Configuration(workers, route) for route in (DIRECT, REPLICA) for workers in (1, 2)
 )
 
 
@@ -93,6 +98,20 @@ def apps(project: Project, urls: Mapping[str, str], pool: Pool) -> list[App]:
         )
         for configuration in CONFIGURATIONS
     ]
+
+
+def replica_apps(project: Project, primary_url: str, replica_url: str, pool: Pool) -> list[App]:
+    """The variant with 1 and 2 workers, on the primary alone and with the replica for reads
+    (`DATABASE_READ_URL`: a pool of the same size on the replica, beside the primary's)."""
+    served = []
+    for configuration in REPLICA_CONFIGURATIONS:
+        app = variant_app(
+            project, primary_url, pool, workers=configuration.workers, name=configuration.name
+        )
+        if configuration.route == REPLICA:
+            app = replace(app, env={**app.env, "DATABASE_READ_URL": replica_url})
+        served.append(app)
+    return served
 
 
 def measure(
@@ -136,10 +155,12 @@ def measure(
     return measurements
 
 
-def rows(measurements: Sequence[Measurement]) -> list[Row]:
+def rows(
+    measurements: Sequence[Measurement], configurations: Sequence[Configuration] = CONFIGURATIONS
+) -> list[Row]:
     result = []
     for endpoint in dict.fromkeys(m.endpoint for m in measurements):
-        for configuration in CONFIGURATIONS:
+        for configuration in configurations:
             runs = [
                 m.result
                 for m in measurements
@@ -176,14 +197,23 @@ COMPARISONS: Final = (
         for workers in (1, 2)
     ),
 )
+REPLICA_COMPARISONS: Final = (
+    ("2 workers / 1, primary alone", Configuration(2, DIRECT), Configuration(1, DIRECT)),
+    ("2 workers / 1, with replica", Configuration(2, REPLICA), Configuration(1, REPLICA)),
+    ("with replica / alone, 1 worker", Configuration(1, REPLICA), Configuration(1, DIRECT)),
+    ("with replica / alone, 2 workers", Configuration(2, REPLICA), Configuration(2, DIRECT)),
+)
 
 
-def ratios(measurements: Sequence[Measurement]) -> list[Ratio]:
+def ratios(
+    measurements: Sequence[Measurement],
+    comparisons: Sequence[tuple[str, Configuration, Configuration]] = COMPARISONS,
+) -> list[Ratio]:
     """Each comparison's median over the rounds of the ratio within the round."""
     rate = {(m.round, m.app, m.endpoint): m.result.requests_per_second for m in measurements}
     result = []
     for endpoint in dict.fromkeys(m.endpoint for m in measurements):
-        for description, numerator, denominator in COMPARISONS:
+        for description, numerator, denominator in comparisons:
             paired = [
                 value / reference
                 for (round_, app, measured), value in rate.items()

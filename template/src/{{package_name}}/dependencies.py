@@ -7,6 +7,7 @@ from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .core.database import Database
+from .core.replica import CONSISTENCY_HEADER, WRITE_POSITION_KEY
 
 
 async def get_database(request: Request) -> Database:
@@ -18,15 +19,19 @@ async def get_database(request: Request) -> Database:
 DatabaseDep = Annotated[Database, Depends(get_database)]
 
 
-async def get_session(database: DatabaseDep) -> AsyncIterator[AsyncSession]:
+async def get_session(database: DatabaseDep, request: Request) -> AsyncIterator[AsyncSession]:
     """The request's session, closed when the endpoint returns or fails."""
     async with database.session() as session:
         yield session
+    # With a read replica, a write's response tells where to read it (core/replica.py).
+    if token := await database.consistency_token(session):
+        setattr(request.state, WRITE_POSITION_KEY, token)
 
 
-async def get_read_session(database: DatabaseDep) -> AsyncIterator[AsyncSession]:
-    """The request's session for reads that need no transaction (see `Database.read_session`)."""
-    async with database.read_session() as session:
+async def get_read_session(database: DatabaseDep, request: Request) -> AsyncIterator[AsyncSession]:
+    """The request's session for reads that need no transaction (see `Database.read_session`):
+    on the read replica, if any, once it has the write of the request's consistency token."""
+    async with database.read_session(request.headers.get(CONSISTENCY_HEADER)) as session:
         yield session
 
 

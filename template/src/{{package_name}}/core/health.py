@@ -19,6 +19,7 @@ from ..dependencies import DatabaseDep
 from .draining import Draining
 from .errors import DATABASE_UNAVAILABLE, RETRY_AFTER_SECONDS, DatabaseUnavailableError
 from .telemetry import cause_of_answer
+from .replica import ReplicaStatus
 
 # Answer 503 rather than keep a load balancer waiting when the database hangs.
 READY_TIMEOUT_SECONDS: Final = 3
@@ -34,19 +35,23 @@ router = APIRouter(prefix="/health", tags=["health"])
 
 class HealthStatus(BaseModel):
     status: str
+    # With a read replica: its state, reported but never failing readiness (the primary serves
+    # every read the replica cannot).
+    replica: ReplicaStatus | None = None
 
 
 OK: Final = HealthStatus(status="ok")
 
 
-@router.get("/live")
+@router.get("/live", response_model_exclude_none=True)
 async def live() -> HealthStatus:
     """The process answers: restart it only when this fails."""
     return OK
 
 
-@router.get("/ready", responses=NOT_READY)
-@router.get("", responses=NOT_READY)
+# Without a replica, the body is `{"status": "ok"}`.
+@router.get("/ready", responses=NOT_READY, response_model_exclude_none=True)
+@router.get("", responses=NOT_READY, response_model_exclude_none=True)
 async def ready(request: Request, database: DatabaseDep) -> HealthStatus:
     """The process can serve: its database answers, and it is not draining."""
     draining: Draining = request.app.state.draining
@@ -59,9 +64,12 @@ async def ready(request: Request, database: DatabaseDep) -> HealthStatus:
         )
     # The timeout covers taking the connection too: its pre-ping waits on the database as well.
     try:
-        async with asyncio.timeout(READY_TIMEOUT_SECONDS), database.read_session() as session:
+        async with (
+            asyncio.timeout(READY_TIMEOUT_SECONDS),
+            database.read_session(primary=True) as session,
+        ):
             await session.execute(PING)
     except TimeoutError as error:
         msg = f"no answer to {PING} within {READY_TIMEOUT_SECONDS} s"
         raise DatabaseUnavailableError(msg) from error
-    return OK
+    return HealthStatus(status="ok", replica=database.replica_status())
