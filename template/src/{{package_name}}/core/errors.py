@@ -21,8 +21,8 @@ from pydantic import BaseModel
 from sqlalchemy import exc
 from starlette.exceptions import HTTPException
 
-from .schema_changes import MisreadRowsError
 from .metrics import POOL_TIMEOUTS
+from .schema_changes import MisreadRowsError
 from .telemetry import cause_of_answer
 
 logger = logging.getLogger(__name__)

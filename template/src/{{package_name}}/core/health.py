@@ -18,8 +18,8 @@ from sqlalchemy import text
 from ..dependencies import DatabaseDep
 from .draining import Draining
 from .errors import DATABASE_UNAVAILABLE, RETRY_AFTER_SECONDS, DatabaseUnavailableError
-from .telemetry import cause_of_answer
 from .replica import ReplicaStatus
+from .telemetry import cause_of_answer
 
 # Answer 503 rather than keep a load balancer waiting when the database hangs.
 READY_TIMEOUT_SECONDS: Final = 3
