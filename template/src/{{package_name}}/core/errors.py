@@ -22,7 +22,6 @@ from sqlalchemy import exc
 from starlette.exceptions import HTTPException
 
 from .metrics import POOL_TIMEOUTS
-from .schema_changes import MisreadRowsError
 from .telemetry import cause_of_answer
 
 logger = logging.getLogger(__name__)
@@ -98,12 +97,18 @@ class DatabaseUnavailableError(Exception):
     """The database could not be reached: a connection was refused, or timed out."""
 
 
+class MisreadRowsError(Exception):
+    """Rows of a statement prepared before a schema change, which asyncpg could not decode, of
+    a statement that is not run again (not a `SELECT`, see `schema_changes.py`): the app
+    answers 503, to be retried."""
+
+
 def is_unavailable(error: BaseException) -> bool:
     """Whether `error` means that the database is out of reach (rather than a bug or bad data)."""
-    return any(_means_unavailable(cause) for cause in _causes(error))
+    return any(_means_unavailable(cause) for cause in causes(error))
 
 
-def _causes(error: BaseException | None) -> Iterator[BaseException]:
+def causes(error: BaseException | None) -> Iterator[BaseException]:
     """`error`, then what caused it: SQLAlchemy's error wraps the driver's, which may wrap more."""
     cause: BaseException | None = error
     while cause is not None:
@@ -118,7 +123,7 @@ def _means_unavailable(error: BaseException) -> bool:
         return True
     if isinstance(error, exc.DBAPIError):
         return error.connection_invalidated or any(
-            _driver_means_unavailable(cause) for cause in _causes(error.orig)
+            _driver_means_unavailable(cause) for cause in causes(error.orig)
         )
     return False
 
@@ -141,7 +146,7 @@ def _driver_means_unavailable(error: BaseException) -> bool:
 def violation(error: exc.IntegrityError) -> Violation | None:
     """The constraint that `error` reports: from PostgreSQL's SQLSTATE or SQLite's extended
     result code, never from a message."""
-    for cause in _causes(error.orig):
+    for cause in causes(error.orig):
         if isinstance(cause, sqlite3.Error):
             return VIOLATIONS_BY_SQLITE_CODE.get(cause.sqlite_errorcode)
         if isinstance(sqlstate := getattr(cause, "sqlstate", None), str):
@@ -159,7 +164,10 @@ def schema_mismatch(error: exc.DBAPIError) -> str | None:
     sqlstate = getattr(error.orig, "sqlstate", None)
     message = str(error.orig).splitlines()[0]
     if sqlstate == MISSING_TABLE_SQLSTATE or SQLITE_MISSING_TABLE.match(message):
-        return f"the database lacks a table of the app ({message}): run `{INIT_DB}`"
+        return (
+            f"the database lacks a table of the app ({message}): run `{INIT_DB}`, or write"
+            " the migration that creates it (`alembic revision --autogenerate`)"
+        )
     if sqlstate == MISSING_COLUMN_SQLSTATE or SQLITE_MISSING_COLUMN.match(message):
         return (
             f"the database's tables lack a column of the models ({message}): run `{INIT_DB}`,"
@@ -172,7 +180,7 @@ async def database_error(request: Request, error: Exception) -> JSONResponse:
     """`503` for an outage; `500`, logged with the reason, for a database the app cannot use."""
     if is_unavailable(error):
         # Logged once, by the request's access line, with this cause (`core/telemetry.py`).
-        if pool_timed_out := any(isinstance(cause, exc.TimeoutError) for cause in _causes(error)):
+        if pool_timed_out := any(isinstance(cause, exc.TimeoutError) for cause in causes(error)):
             POOL_TIMEOUTS.inc()
         what = "no free connection in the pool" if pool_timed_out else "database unavailable"
         cause_of_answer(request.scope, f"{what}: {_first_line(error)}")
@@ -195,7 +203,7 @@ async def conflict(request: Request, error: Exception) -> JSONResponse:
     transaction was rolled back: nothing was written); any other violation is a bug, a `500`."""
     if not isinstance(error, exc.IntegrityError) or violation(error) is not Violation.UNIQUE:
         return await database_error(request, error)
-    logger.info("%s %s: %s", request.method, request.url.path, str(error.orig).splitlines()[0])
+    cause_of_answer(request.scope, f"unique violation: {_first_line(error.orig or error)}")
     return JSONResponse(
         {"detail": "The change conflicts with a stored record"},
         status_code=status.HTTP_409_CONFLICT,

@@ -35,6 +35,8 @@ from sqlalchemy import Select, event
 from sqlalchemy.engine import Connection, ExecutionContext
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from .errors import MisreadRowsError, causes
+
 # A comment, so that the server runs the same statement. In front, where no `--` comment of the
 # statement's own can swallow it. pg_stat_statements counts the texts as one (its query id
 # ignores comments).
@@ -57,28 +59,15 @@ class StatementMark:
         return self.current + MARK.sub("", statement, count=1)
 
 
-class MisreadRowsError(Exception):
-    """Rows of a statement prepared before a schema change, which asyncpg could not decode, of
-    a statement that is not run again (not a `SELECT`): the app answers 503, to be retried."""
-
-
 def _mark_of(statement: str) -> str:
     found = MARK.match(statement)
     return found.group() if found else ""
 
 
-def _causes(error: BaseException | None) -> list[BaseException]:
-    found = []
-    while error is not None:
-        found.append(error)
-        error = error.__cause__
-    return found
-
-
 def refused(error: BaseException) -> bool:
     """Whether `error` (SQLAlchemy's, or the driver's) is PostgreSQL's refusal to run a statement
     prepared before a change of the types it returns."""
-    return any(isinstance(cause, asyncpg.InvalidCachedStatementError) for cause in _causes(error))
+    return any(isinstance(cause, asyncpg.InvalidCachedStatementError) for cause in causes(error))
 
 
 def misread(error: BaseException) -> bool:
