@@ -1,6 +1,7 @@
 """Helpers for the template's tests: render the working tree with Copier, run the result's tools."""
 
 import os
+import signal
 import socket
 import subprocess
 import time
@@ -116,6 +117,35 @@ def serve(
         finally:
             server.terminate()
             server.wait(timeout=15)
+
+
+@contextmanager
+def serving(
+    project: Path, env: Mapping[str, str], log: Path, *, workers: int, access_log: bool = False
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """The project's `serve --workers N` on a free port, as a deployment runs it; yield its base
+    URL and its process. Stopped at the end as a deployment stops it (SIGTERM), unless the test
+    stopped it itself; killed if it then hangs."""
+    port = free_port()
+    command = [str(project / ".venv/bin/python"), "-m", PACKAGE, "serve", f"--port={port}"]
+    command.append(f"--workers={workers}")
+    if not access_log:
+        command.append("--no-access-log")
+    with log.open("w") as output:
+        server = subprocess.Popen(
+            command, cwd=project, env=tool_env(env), stdout=output, stderr=subprocess.STDOUT
+        )
+        try:
+            wait_until_listening(port, server, log)
+            yield f"http://127.0.0.1:{port}", server
+        finally:
+            if server.poll() is None:
+                server.send_signal(signal.SIGTERM)
+                try:
+                    server.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    server.kill()
+                    server.wait()
 
 
 def wait_until_listening(port: int, server: subprocess.Popen[bytes], log: Path) -> None:

@@ -14,16 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from bench.projects import tool_env
-from bench.servers import free_port
-
 from .helpers import (
     PACKAGE,
     initialized_database,
     requires_postgresql,
     run,
+    serving,
     variant_param,
-    wait_until_listening,
 )
 from .test_reliability import sessions_left
 
@@ -34,30 +31,13 @@ WORKERS = 2
 
 
 @contextmanager
-def serving(
+def serving_ready(
     project: Path, env: Mapping[str, str], log: Path
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """`serve --workers 2` on a free port, with its own logs (no `--no-access-log`); killed at
-    the end if the test left it running."""
-    port = free_port()
-    command = [str(project / ".venv/bin/python"), "-m", PACKAGE, "serve", f"--port={port}"]
-    with log.open("w") as output:
-        server = subprocess.Popen(
-            [*command, f"--workers={WORKERS}"],
-            cwd=project,
-            env=tool_env(env),
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            wait_until_listening(port, server, log)
-            base_url = f"http://127.0.0.1:{port}"
-            wait_until(lambda: status(f"{base_url}/health/ready") == 200, log)
-            yield base_url, server
-        finally:
-            if server.poll() is None:
-                server.kill()
-                server.wait()
+    """`serve --workers 2` with its own access log, once it is ready."""
+    with serving(project, env, log, workers=WORKERS, access_log=True) as (base_url, server):
+        wait_until(lambda: status(f"{base_url}/health/ready") == 200, log)
+        yield base_url, server
 
 
 def status(url: str) -> int:
@@ -86,7 +66,7 @@ def test_sigterm_drains_then_stops_cleanly(project: Path, tmp_path: Path) -> Non
     log = tmp_path / "server.log"
     with initialized_database(project, prefix="tpl_drain") as url:
         env = {"DATABASE_URL": url, "SHUTDOWN_DELAY_SECONDS": str(SHUTDOWN_DELAY_SECONDS)}
-        with serving(project, env, log) as (base_url, server):
+        with serving_ready(project, env, log) as (base_url, server):
             # Both workers hold connections: each must give them back as it stops.
             for _ in range(20):
                 assert status(f"{base_url}/cities/biggest") == 200
@@ -129,7 +109,7 @@ def test_one_scrape_adds_up_both_workers_and_every_line_is_json(
         "TMPDIR": str(temporary),
     }
     run([str(project / ".venv/bin/python"), "-m", PACKAGE, "init-db"], project, env)
-    with serving(project, env, log) as (base_url, server):
+    with serving_ready(project, env, log) as (base_url, server):
         sent = 0
         # Until the access lines show both workers answering (on connections of their own).
         while len(access_pids(log, "/cities/biggest")) < WORKERS:

@@ -7,7 +7,6 @@ import contextlib
 import signal
 import subprocess
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,8 +16,7 @@ import pytest
 
 from bench.database import dsn, scratch_database, with_database
 from bench.pgbouncer import PgBouncer, pgbouncer
-from bench.projects import UV, tool_env
-from bench.servers import free_port
+from bench.projects import UV
 
 from .helpers import (
     PACKAGE,
@@ -26,8 +24,8 @@ from .helpers import (
     VARIANTS,
     initialized_database,
     run,
+    serving,
     variant_param,
-    wait_until_listening,
 )
 from .loadclient import LoadClient, Response
 from .test_reliability import sessions_left
@@ -95,29 +93,6 @@ def bouncer(request: pytest.FixtureRequest, bouncing: Bouncing) -> Iterator[PgBo
         max_prepared_statements=bouncing.max_prepared_statements,
     ) as running:
         yield running
-
-
-@contextmanager
-def serving(
-    project: Path, env: dict[str, str], log: Path, *, workers: int
-) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """`<cli> serve --workers N` on a free port; SIGTERM at the end, as a deployment stops it."""
-    port = free_port()
-    command = [str(project / ".venv/bin/cities-service"), "serve", f"--port={port}"]
-    with log.open("w") as output:
-        server = subprocess.Popen(
-            [*command, f"--workers={workers}", "--no-access-log"],
-            cwd=project,
-            env=tool_env(env),
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            wait_until_listening(port, server, log)
-            yield f"http://127.0.0.1:{port}", server
-        finally:
-            server.send_signal(signal.SIGTERM)
-            server.wait(timeout=30)
 
 
 def statuses(responses: list[Response]) -> collections.Counter[int]:
