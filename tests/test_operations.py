@@ -28,14 +28,18 @@ pytestmark = pytest.mark.render
 
 SHUTDOWN_DELAY_SECONDS = 4
 WORKERS = 2
+# What uvicorn logs as each worker's app has started.
+STARTED = "Application startup complete."
 
 
 @contextmanager
 def serving_ready(
     project: Path, env: Mapping[str, str], log: Path
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """`serve --workers 2` with its own access log, once it is ready."""
+    """`serve --workers 2` with its own access log, once every worker is ready: one that is
+    still starting when the test signals the server would not drain."""
     with serving(project, env, log, workers=WORKERS, access_log=True) as (base_url, server):
+        wait_until(lambda: log.read_text().count(STARTED) == WORKERS, log)
         wait_until(lambda: status(f"{base_url}/health/ready") == 200, log)
         yield base_url, server
 
