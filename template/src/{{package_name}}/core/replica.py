@@ -153,9 +153,13 @@ class Replica:
             return None
         return position
 
-    def failed(self, error: BaseException) -> None:
-        """The replica could not answer (a read, or a check): leave it alone for a back-off."""
+    def failed(self, error: BaseException, *, check: bool = False) -> None:
+        """The replica could not answer (a read, or a `check`): leave it alone for a back-off,
+        twice as long after each check that fails while it is down. The reads that were in
+        flight as it went down fail too: they change nothing."""
         if self.state is State.DOWN:
+            if not check:
+                return
             self._backoff = min(self._backoff * 2, BACKOFF_SECONDS[1])
         else:
             self._backoff = BACKOFF_SECONDS[0]
@@ -176,7 +180,7 @@ class Replica:
             # Whatever it is, the watch goes on: if it ended, the replica would never be used
             # again. What failed is logged in one line by `failed`.
             except Exception as error:
-                self.failed(error)
+                self.failed(error, check=True)
 
     async def check(self) -> None:
         """Measure the replica's position against the primary's, and update the state."""
