@@ -12,6 +12,7 @@ import contextlib
 import glob
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -94,6 +95,15 @@ class Server:
         """Stop it: `fast` ends sessions cleanly, `immediate` kills it as a crash would."""
         _run([str(self.bindir / "pg_ctl"), "stop", "-w", "-m", mode, "-D", str(self.data)])
 
+    def send_signal(self, signum: signal.Signals) -> None:
+        """Send `signum` to its postmaster, then to every process that it started (`SIGSTOP` and
+        `SIGCONT`: a server that stops answering, then answers again). Each backend has a
+        session of its own: `killpg` would reach the postmaster alone."""
+        postmaster = int((self.data / "postmaster.pid").read_text().split()[0])
+        os.kill(postmaster, signum)  # first: stopped, it starts no process that we would miss
+        for pid in _children(postmaster):
+            os.kill(pid, signum)
+
     def fetch(self, query: str, *args: object, database: str = "postgres") -> list[asyncpg.Record]:
         return asyncio.run(fetch(self.url(database), query, *args))
 
@@ -171,6 +181,20 @@ def _configure(server: Server, hba: str | None = None) -> None:
         conf.write(f"{SETTINGS}port = {server.port}\nunix_socket_directories = '{server.data}'\n")
     if hba is not None:
         (server.data / "pg_hba.conf").write_text(hba)
+
+
+def _children(parent: int) -> list[int]:
+    """The processes whose parent is `parent` (Linux's `/proc`)."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            # `pid (comm) state ppid ...`, where comm may hold spaces and parentheses.
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:  # gone since the listing
+            continue
+        if int(fields[1]) == parent:
+            children.append(int(stat.parent.name))
+    return children
 
 
 def _run(command: list[str]) -> None:

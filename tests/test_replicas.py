@@ -10,6 +10,7 @@ logs no traceback.
 
 import asyncio
 import os
+import signal
 import socket
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -310,6 +311,69 @@ def test_killed_replica_costs_no_read_and_is_used_again_after_a_restart(
         assert replica_after > replica, "back in use after its restart"
 
     drive(project, pair, tmp_path / "server.log", scenario, DB_READ_MAX_LAG="30")
+
+
+@pytest.mark.parametrize("project", BOTH_STYLES, indirect=True)
+def test_stopped_replica_costs_no_read_and_is_used_again_when_it_resumes(
+    project: Path, pair: Pair, tmp_path: Path, record_property: Callable[[str, Any], None]
+) -> None:
+    """Under a steady load of reads, the replica's processes are stopped (`SIGSTOP`: their
+    connections stay open, their statements unanswered), then resumed: the reads in flight give
+    up after DB_READ_TIMEOUT and are served by the primary, so that no loader waits for the
+    replica; every read is answered 200, and the replica serves again once it answers."""
+
+    async def scenario(app: App) -> None:
+        await app.wait_for("streaming")
+        created = await app.create("Steady")
+        path, token = f"/cities/{created.json()['id']}", token_of(created)
+        stop = time.monotonic() + 3600.0
+        responses: list[Response] = []
+        answered = [0] * 8  # reads answered, by loader
+
+        async def load(loader: int, headers: dict[str, str]) -> None:
+            while time.monotonic() < stop:
+                responses.append(await app.client.get("/cities/biggest?limit=50"))
+                responses.append(await app.client.get(path, headers=headers))
+                answered[loader] += 2
+
+        loaders = [
+            asyncio.create_task(load(n, {TOKEN: token} if n % 2 else {}))
+            for n in range(len(answered))
+        ]
+        await asyncio.sleep(0.5)
+        stopped_at = len(responses)
+        await asyncio.to_thread(app.pair.replica.send_signal, signal.SIGSTOP)
+        try:
+            await app.wait_for("down")
+            primary = await app.count(app.pair.primary)
+            # Each loader answered again, though the replica holds the reads it had in flight.
+            before = list(answered)
+            deadline = time.monotonic() + WAIT_SECONDS
+            while any(now <= then for now, then in zip(answered, before, strict=True)):
+                assert time.monotonic() < deadline, f"loaders waiting: {answered} vs {before}"
+                await asyncio.sleep(0.05)
+            assert await app.count(app.pair.primary) > primary, "the primary serves the reads"
+        finally:
+            await asyncio.to_thread(app.pair.replica.send_signal, signal.SIGCONT)
+        await app.wait_for("streaming")
+        _, replica = await app.counts()
+        deadline = time.monotonic() + WAIT_SECONDS
+        while (await app.counts())[1] <= replica:
+            assert time.monotonic() < deadline, "the resumed replica serves no read"
+            await asyncio.sleep(0.05)
+        stop = time.monotonic()
+        await asyncio.gather(*loaders)
+
+        record_property("reads", f"{len(responses)}, {stopped_at} before the stop")
+        assert stopped_at > 0
+        assert {r.status for r in responses} == {200}, "no failed read"
+        assert all(r.json()["name"] == "Steady" for r in responses if isinstance(r.json(), dict))
+
+    settings = {"DB_READ_MAX_LAG": "30", "DB_READ_TIMEOUT": "0.5"}
+    drive(project, pair, tmp_path / "server.log", scenario, **settings)
+    log = (tmp_path / "server.log").read_text()
+    assert "read replica unavailable" in log, log[-4000:]
+    assert "read replica back" in log, log[-4000:]
 
 
 @pytest.fixture

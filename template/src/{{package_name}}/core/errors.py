@@ -94,7 +94,8 @@ REQUEST_TOO_LARGE: Final[dict[int | str, dict[str, Any]]] = {
 
 
 class DatabaseUnavailableError(Exception):
-    """The database could not be reached: a connection was refused, or timed out."""
+    """The database could not be reached: a connection was refused or timed out, or the read
+    replica did not answer a statement in time."""
 
 
 class MisreadRowsError(Exception):

@@ -50,6 +50,7 @@ def pre_ping_on_checkout(engine: AsyncEngine) -> None:
         if time.monotonic() - returned_at > PING_AFTER_IDLE_SECONDS:
             try:
                 dialect.do_ping(dbapi_connection)
-            except dialect.loaded_dbapi.Error as error:
+            # `TimeoutError`: the read replica's `DB_READ_TIMEOUT` (see `replica.py`).
+            except (dialect.loaded_dbapi.Error, TimeoutError) as error:
                 msg = "the connection did not answer its ping"
                 raise DisconnectionError(msg) from error

@@ -16,10 +16,11 @@
   with a replica: no reply to `COMMIT` carries it). A read that sends it back is served by the
   replica only once the replica has replayed that far (as of its last check), else by the
   primary.
-- **Failure**: a statement that the replica cannot answer (refused, timed out, connection lost
-  mid-read, canceled by a recovery conflict) runs again on the primary: no failed read. The replica
-  is then left alone and checked again after a back-off (0.5 s, doubling up to 5 s); reads return
-  to it as soon as a check succeeds, and its pool is renewed, without a restart.
+- **Failure**: a statement that the replica cannot answer (refused, not answered within
+  `DB_READ_TIMEOUT`, connection lost mid-read, canceled by a recovery conflict) runs again on
+  the primary: no failed read. The replica is then left alone and checked again after a
+  back-off (0.5 s, doubling up to 5 s); reads return to it as soon as a check succeeds, and its
+  pool is renewed, without a restart.
 """
 
 import asyncio
@@ -32,8 +33,10 @@ from enum import StrEnum
 from typing import Any, Final
 
 from sqlalchemy import event, exc, text
+from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import Session
+from sqlalchemy.pool import ConnectionPoolEntry
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .errors import DatabaseUnavailableError, is_unavailable
@@ -153,9 +156,13 @@ class Replica:
             return None
         return position
 
-    def failed(self, error: BaseException) -> None:
-        """The replica could not answer (a read, or a check): leave it alone for a back-off."""
+    def failed(self, error: BaseException, *, check: bool = False) -> None:
+        """The replica could not answer (a read, or a `check`): leave it alone for a back-off,
+        twice as long after each check that fails while it is down. The reads that were in
+        flight as it went down fail too: they change nothing."""
         if self.state is State.DOWN:
+            if not check:
+                return
             self._backoff = min(self._backoff * 2, BACKOFF_SECONDS[1])
         else:
             self._backoff = BACKOFF_SECONDS[0]
@@ -176,7 +183,7 @@ class Replica:
             # Whatever it is, the watch goes on: if it ended, the replica would never be used
             # again. What failed is logged in one line by `failed`.
             except Exception as error:
-                self.failed(error)
+                self.failed(error, check=True)
 
     async def check(self) -> None:
         """Measure the replica's position against the primary's, and update the state."""
@@ -226,6 +233,30 @@ class Replica:
 def _first_line(error: BaseException) -> str:
     lines = str(error).strip().splitlines()
     return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+
+
+def time_out_statements(engine: AsyncEngine, seconds: float) -> None:
+    """Make a statement of `engine` (the replica's) that its driver gave up on after `seconds`
+    (asyncpg's `command_timeout`) raise `DatabaseUnavailableError`, and drop the connections of
+    its pool rather than close them.
+
+    asyncpg raises a bare `TimeoutError`, which SQLAlchemy passes on as it is. A polite close (of
+    a connection that timed out, an overflow connection given back, a pool disposed of) waits
+    for the server, and for asyncpg's cancel of the statement, sent on a new connection: a server
+    that stopped answering answers neither. Measured: such a close failed after `seconds`, with a
+    traceback in the log; asyncpg before 0.32 waits for ever (its issue 1356).
+    """
+
+    @event.listens_for(engine.sync_engine, "handle_error")
+    def _unavailable(context: ExceptionContext) -> Exception | None:
+        if isinstance(context.original_exception, TimeoutError):
+            return DatabaseUnavailableError(f"no answer within {seconds:g} s (DB_READ_TIMEOUT)")
+        return None
+
+    @event.listens_for(engine.sync_engine.pool, "close")
+    def _drop(dbapi_connection: Any, _entry: ConnectionPoolEntry) -> None:
+        # Before the pool closes it, which then finds it closed.
+        dbapi_connection.driver_connection.terminate()
 
 
 def is_replica_failure(error: BaseException) -> bool:
