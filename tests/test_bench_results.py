@@ -1,6 +1,7 @@
-"""The benchmark's summary: a variant's ratios are paired by round; the table's order. And how
-wrk's report is read."""
+"""The benchmark's summary: a variant's ratios are paired by round; the table's order. How
+wrk's report is read, and the instruction counts' table."""
 
+from bench.instructions import METHODS, SETUPS, Count, table
 from bench.results import Measurement, summarize
 from bench.wrk import WrkResult, parse
 
@@ -66,3 +67,17 @@ def test_a_report_with_latencies_in_seconds_is_read() -> None:
     assert result.p99_ms == 1330
     assert (result.requests, result.non_2xx, result.socket_errors) == (1501, 2, 0)
     assert result.requests_per_second == 499.31
+
+
+def test_the_instructions_table_sets_each_count_against_the_app_as_served() -> None:
+    counts = [
+        Count(setup.name, method, 2_000_000 if index else 2_100_000)
+        for index, setup in enumerate(SETUPS)
+        for method in METHODS
+    ]
+
+    lines = table(counts).splitlines()
+
+    assert len(lines) == 2 + len(SETUPS)
+    assert lines[2].count("+0.0%") == len(METHODS)
+    assert "2.00 M (-4.8%)" in lines[3]
