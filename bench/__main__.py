@@ -24,13 +24,11 @@ from typing import Any, Final
 
 from . import database, pgbouncer, projects, replicas, report, scale_out, servers, wrk
 from .projects import Project
-from .results import REFERENCES, Measurement, check_targets, summarize
+from .results import DEFAULT_OUT, REFERENCES, Measurement, check_targets, summarize
 from .servers import App, Pool
 
 logger = logging.getLogger("bench")
 
-DEFAULT_OUT: Final = Path(__file__).resolve().parent / "results"
-DEFAULT_DATABASE_URL: Final = "postgresql://postgres@127.0.0.1:5432/test"
 # What a full run measures (about 7.5 minutes), and what --smoke measures (a few seconds).
 # Many short rounds rather than a few long ones: the two runs of a round are closer in time, and
 # the median of a round's ratios has more rounds to settle on.
@@ -193,7 +191,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     )
     parser.add_argument(
         "--database-url",
-        default=DEFAULT_DATABASE_URL,
+        default=database.DEFAULT_URL,
         help="a database on the PostgreSQL server to use; the run makes a scratch database "
         "beside it and drops it at the end (default %(default)s)",
     )

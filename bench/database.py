@@ -20,9 +20,19 @@ logger = logging.getLogger(__name__)
 MAX_POPULATION = 40_000_000
 
 
+# The server the benchmark runs on, unless `--database-url` names another.
+DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/test"
+
+
 def with_database(url: str, database: str) -> str:
     """`url` naming `database` on the same server, in the same form (libpq or SQLAlchemy)."""
     return urlsplit(url)._replace(path=f"/{database}").geturl()
+
+
+def sqlalchemy_url(url: str) -> str:
+    """The SQLAlchemy form of a PostgreSQL URL, with asyncpg as its driver (what the reference
+    apps read)."""
+    return urlsplit(url)._replace(scheme="postgresql+asyncpg").geturl()
 
 
 def dsn(url: str) -> str:

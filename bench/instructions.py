@@ -9,16 +9,14 @@ so it is no throughput, only the share of the app's work that a choice costs.
 
 For `GET /cities/biggest` and `POST /cities`, it counts the plain variant as `serve` runs it
 (access log on; with one worker, and with several, whose metrics go to files), with the access
-log off, without its telemetry (request ids, access log,
-metrics), and the seed pattern; it prints a table (instructions per request, and each against
-the variant as served) and writes `instructions.json` in `--out`. About 3 minutes, 2 at a time.
+log off, without its telemetry (request ids, access log, metrics), and the seed pattern; it
+prints a table (instructions per request, and each against the variant as served) and writes
+`instructions.json` in `--out`. About 3 minutes, 2 at a time.
 """
 
 import argparse
 import json
 import logging
-import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -29,17 +27,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Final
-from urllib.parse import urlsplit
 
-from . import database, projects
+from . import apt, database, projects
 from .projects import PACKAGE, Project, tool_env
+from .results import DEFAULT_OUT
 from .servers import REFERENCE_APPS_DIR, SEED_PATTERN
 
 logger = logging.getLogger("bench")
 
 DRIVER: Final = REFERENCE_APPS_DIR / "drive.py"
-DEFAULT_DATABASE_URL: Final = "postgresql://postgres@127.0.0.1:5432/test"
-DEFAULT_OUT: Final = Path(__file__).resolve().parent / "results"
 SEED_ROWS: Final = 1_000
 READY_TIMEOUT_SECONDS: Final = 600
 
@@ -93,13 +89,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--requests", type=int, default=200, help="requests counted per app and endpoint"
     )
-    parser.add_argument("--database-url", default=DEFAULT_DATABASE_URL)
+    parser.add_argument("--database-url", default=database.DEFAULT_URL)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     # Stopped, it still drops its scratch database on the way out.
     signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
-    valgrind = find_valgrind()
+    valgrind = apt.find_or_install("valgrind")
     if valgrind is None:
         sys.stderr.write("valgrind is not installed: `sudo apt-get install -y valgrind`\n")
         return 2
@@ -134,17 +130,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def find_valgrind() -> str | None:
-    """valgrind's path; when it is missing, install it with apt-get if we are root."""
-    path = shutil.which("valgrind")
-    if path or os.geteuid() != 0 or not shutil.which("apt-get"):
-        return path
-    env = os.environ | {"DEBIAN_FRONTEND": "noninteractive"}
-    for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "valgrind"]):
-        subprocess.run(command, env=env, capture_output=True, check=False)
-    return shutil.which("valgrind")
-
-
 def count(
     valgrind: str, project: Project, url: str, setup: Setup, method: str, requests: int, work: Path
 ) -> Count:
@@ -154,7 +139,7 @@ def count(
     env = {
         "DATABASE_URL": url,
         "DB_SCHEMA": "plain",
-        "BENCH_DATABASE_URL": urlsplit(url)._replace(scheme="postgresql+asyncpg").geturl(),
+        "BENCH_DATABASE_URL": database.sqlalchemy_url(url),
         "BENCH_SCHEMA": SEED_PATTERN,
         "DRIVE_READY_DIR": str(ready_dir),
         "PYTHONHASHSEED": "0",

@@ -9,11 +9,15 @@ import statistics
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Final
 
 from .projects import Project
 from .servers import RAW_ASYNCPG, SEED_PATTERN
 from .wrk import WrkResult
+
+# Where a run writes its reports, unless `--out` names another directory (gitignored).
+DEFAULT_OUT: Final = Path(__file__).resolve().parent / "results"
 
 # The reference apps, in the order the report lists them (after the variants).
 REFERENCES: Final = (SEED_PATTERN, RAW_ASYNCPG)

@@ -11,8 +11,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
-from urllib.parse import urlsplit
 
+from . import database
 from .projects import PACKAGE, Project, tool_env
 
 logger = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ def reference_app(
     env = {
         "BENCH_SCHEMA": name,
         "BENCH_DSN": database_url,
-        "BENCH_DATABASE_URL": urlsplit(database_url)._replace(scheme="postgresql+asyncpg").geturl(),
+        "BENCH_DATABASE_URL": database.sqlalchemy_url(database_url),
         "BENCH_POOL_SIZE": str(per_worker.size + per_worker.max_overflow),
     }
     return App(name, f"{name}:app", project.path, env, REFERENCE_APPS_DIR, workers)

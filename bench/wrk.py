@@ -5,13 +5,13 @@ the server under test needs, and measure itself as much as the server.
 """
 
 import logging
-import os
 import re
-import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
+
+from . import apt
 
 logger = logging.getLogger(__name__)
 
@@ -68,15 +68,7 @@ class WrkResult:
 
 def find_wrk() -> str | None:
     """The path of wrk; when it is missing, install it with apt-get if we are root, else None."""
-    path = shutil.which("wrk")
-    if path or os.geteuid() != 0 or not shutil.which("apt-get"):
-        return path
-    logger.info("wrk is missing: installing it with apt-get")
-    env = os.environ | {"DEBIAN_FRONTEND": "noninteractive"}
-    for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "wrk"]):
-        if subprocess.run(command, env=env, capture_output=True, check=False).returncode:
-            return None
-    return shutil.which("wrk")
+    return apt.find_or_install("wrk")
 
 
 def version(wrk: str) -> str:
