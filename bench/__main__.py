@@ -25,16 +25,16 @@ from typing import Any, Final
 from . import database, pgbouncer, projects, replicas, report, scale_out, servers, wrk
 from .projects import Project
 from .results import DEFAULT_OUT, REFERENCES, Measurement, check_targets, summarize
-from .servers import App, Pool
+from .servers import ORM_FLOOR, SEED_PATTERN, App, Pool
 
 logger = logging.getLogger("bench")
 
-# What a full run measures (about 7.5 minutes), and what --smoke measures (a few seconds).
+# What a full run measures (about 10 minutes), and what --smoke measures (a few seconds).
 # Many short rounds rather than a few long ones: the two runs of a round are closer in time, and
 # the median of a round's ratios has more rounds to settle on.
 FULL: Final[dict[str, Any]] = {
     "variants": ("plain", "scoped"),
-    "rounds": 8,
+    "rounds": 6,
     "duration": 3,
     "warmup": 1,
     "seed_rows": 10_000,
@@ -115,8 +115,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def parse_args(argv: Sequence[str] | None = None) -> Options:
     parser = argparse.ArgumentParser(
         prog="python -m bench",
-        description="Benchmark the rendered service against raw asyncpg and the common seed "
-        "pattern, with wrk, on a scratch PostgreSQL database.",
+        description="Benchmark the rendered service against raw asyncpg, the common seed "
+        "pattern and the floor of an app on SQLAlchemy's session, with wrk, on a scratch "
+        "PostgreSQL database.",
     )
     parser.add_argument(
         "--smoke",
@@ -388,7 +389,8 @@ def _create_tables(apps: list[App], database_url: str) -> None:
 
 
 def _measure(apps: list[App], options: Options, wrk_path: str, workdir: Path) -> list[Measurement]:
-    """Measure each variant beside each reference: both served at once, loaded in turn.
+    """Measure each variant beside each reference, and orm_floor beside seed_pattern: both
+    served at once, loaded in turn.
 
     The machine's speed drifts by tens of percent within minutes. So a variant and a reference
     are loaded seconds apart, in the order ABBA ABBA... (a drift during a round touches both
@@ -398,9 +400,13 @@ def _measure(apps: list[App], options: Options, wrk_path: str, workdir: Path) ->
     load = options.load
     warmup = wrk.Load(options.connections, options.warmup)
     variants = [app for app in apps if app.name not in REFERENCES]
-    references = [app for app in apps if app.name in REFERENCES]
+    references = {app.name: app for app in apps if app.name in REFERENCES}
+    pairs = list(itertools.product(variants, references.values()))
+    if ORM_FLOOR in references and SEED_PATTERN in references:
+        # The floor's own ratio to the seed pattern: what any app on the session can reach.
+        pairs.append((references[ORM_FLOOR], references[SEED_PATTERN]))
     measurements = []
-    for variant, reference in itertools.product(variants, references):
+    for variant, reference in pairs:
         pair = (variant, reference)
         # wrk's POST names must be unique in the run: they start with this, the round and the app.
         names = f"{run_id}-{variant.name}-{reference.name}"

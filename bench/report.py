@@ -9,7 +9,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from .results import MIN_VS_SEED_PATTERN, Summary, Target
-from .servers import RAW_ASYNCPG, SEED_PATTERN
+from .servers import ORM_FLOOR, RAW_ASYNCPG, SEED_PATTERN
 
 COLUMNS = (
     "app",
@@ -20,9 +20,10 @@ COLUMNS = (
     "non-2xx",
     "sock err",
     "vs seed",
+    "vs floor",
     "vs raw",
 )
-REFERENCE_COLORS = {SEED_PATTERN: "#b0b0b0", RAW_ASYNCPG: "#505050"}
+REFERENCE_COLORS = {SEED_PATTERN: "#b0b0b0", ORM_FLOOR: "#808080", RAW_ASYNCPG: "#505050"}
 VARIANT_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd")
 
 
@@ -38,6 +39,7 @@ def table(summaries: Sequence[Summary]) -> str:
             str(summary.non_2xx),
             str(summary.socket_errors),
             _times(summary.vs_seed_pattern),
+            _times(summary.vs_orm_floor),
             _times(summary.vs_raw_asyncpg),
         )
         for summary in summaries
@@ -127,6 +129,8 @@ def _bar_label(summary: Summary) -> str:
     lines = [f"{summary.requests_per_second:.0f}"]
     if summary.app != SEED_PATTERN:
         lines.append(f"{_times(summary.vs_seed_pattern)} seed")
+    if summary.app not in (SEED_PATTERN, ORM_FLOOR):
+        lines.append(f"{_times(summary.vs_orm_floor)} floor")
     if summary.app != RAW_ASYNCPG:
         lines.append(f"{_times(summary.vs_raw_asyncpg)} raw")
     return "\n".join(lines)

@@ -13,14 +13,14 @@ from pathlib import Path
 from typing import Final
 
 from .projects import Project
-from .servers import RAW_ASYNCPG, SEED_PATTERN
+from .servers import ORM_FLOOR, RAW_ASYNCPG, SEED_PATTERN
 from .wrk import WrkResult
 
 # Where a run writes its reports, unless `--out` names another directory (gitignored).
 DEFAULT_OUT: Final = Path(__file__).resolve().parent / "results"
 
 # The reference apps, in the order the report lists them (after the variants).
-REFERENCES: Final = (SEED_PATTERN, RAW_ASYNCPG)
+REFERENCES: Final = (SEED_PATTERN, ORM_FLOOR, RAW_ASYNCPG)
 
 # The targets of issue 6; reported as met or missed, never asserted.
 MIN_VS_SEED_PATTERN: Final = 2.0
@@ -54,6 +54,7 @@ class Summary:
     non_2xx: int
     socket_errors: int
     vs_seed_pattern: float | None
+    vs_orm_floor: float | None
     vs_raw_asyncpg: float | None
 
 
@@ -81,11 +82,20 @@ def summarize(measurements: Sequence[Measurement]) -> list[Summary]:
         for key, app_runs in runs.items()
     }
 
+    def paired(reference: str, app: str, endpoint: str) -> float | None:
+        app_runs, reference_runs = (runs.get((a, endpoint), []) for a in (app, reference))
+        ratios = _paired_ratios(app_runs, reference_runs, reference)
+        return statistics.median(ratios) if ratios else None
+
     def vs(reference: str, app: str, endpoint: str) -> float | None:
-        paired = _paired_ratios(runs[app, endpoint], runs.get((reference, endpoint), []), reference)
-        if paired:
-            return statistics.median(paired)
-        # Never loaded together (the references with each other): medians it is.
+        if (ratio := paired(reference, app, endpoint)) is not None:
+            return ratio
+        # Never loaded together, but each beside the seed pattern (a variant and orm_floor):
+        # the ratio of those ratios, which the machine's drift does not move either.
+        via_app, via_reference = (paired(SEED_PATTERN, a, endpoint) for a in (app, reference))
+        if via_app is not None and via_reference is not None:
+            return via_app / via_reference
+        # Otherwise (raw_asyncpg and the seed pattern): medians it is.
         return _ratio(throughput[app, endpoint], throughput.get((reference, endpoint)))
 
     return [
@@ -98,6 +108,7 @@ def summarize(measurements: Sequence[Measurement]) -> list[Summary]:
             non_2xx=sum(run.result.non_2xx for run in app_runs),
             socket_errors=sum(run.result.socket_errors for run in app_runs),
             vs_seed_pattern=vs(SEED_PATTERN, app, endpoint),
+            vs_orm_floor=vs(ORM_FLOOR, app, endpoint),
             vs_raw_asyncpg=vs(RAW_ASYNCPG, app, endpoint),
         )
         for (app, endpoint), app_runs in runs.items()

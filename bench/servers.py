@@ -20,6 +20,7 @@ logger = logging.getLogger(__name__)
 REFERENCE_APPS_DIR: Final = Path(__file__).resolve().parent / "apps"
 SEED_PATTERN: Final = "seed_pattern"
 RAW_ASYNCPG: Final = "raw_asyncpg"
+ORM_FLOOR: Final = "orm_floor"
 READY_TIMEOUT_SECONDS: Final = 30
 STOP_TIMEOUT_SECONDS: Final = 15
 
@@ -77,8 +78,9 @@ def reference_app(
 ) -> App:
     """A reference app of `apps/`, in the virtualenv of a rendered `project`.
 
-    raw_asyncpg gets as many connections as a variant can open, so that it is their ceiling at
-    the same cost to the database; seed_pattern keeps its own pool of 100, as the pattern does.
+    raw_asyncpg and orm_floor get as many connections as a variant can open, so that they are
+    its ceiling and its floor at the same cost to the database; seed_pattern keeps its own pool
+    of 100, as the pattern does.
     Its `workers` share those connections, as a variant's do.
     """
     per_worker = pool.per_worker(workers)

@@ -1,5 +1,5 @@
 """The benchmark (`python -m bench`) in smoke mode: it renders the plain variant, serves it and the
-two reference apps, loads each with wrk and writes its report.
+three reference apps, loads each with wrk and writes its report.
 
 Nothing about speed is asserted: the numbers depend on the machine and on what else runs on it.
 """
@@ -15,7 +15,7 @@ from bench.wrk import find_wrk
 
 from .helpers import ROOT, TEST_DATABASE_URL, requires_postgresql
 
-APPS = ("plain", "seed_pattern", "raw_asyncpg")
+APPS = ("plain", "seed_pattern", "orm_floor", "raw_asyncpg")
 ENDPOINTS = ("GET /cities/biggest", "POST /cities")
 
 

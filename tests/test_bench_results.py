@@ -45,6 +45,23 @@ def test_ratios_hold_when_the_machine_slows_down_between_rounds() -> None:
     assert raw_asyncpg.vs_seed_pattern == 1600 / 450
 
 
+def test_a_variant_is_set_against_the_floor_through_the_seed_pattern() -> None:
+    measurements = [
+        measured(1, "plain", "seed_pattern", 1000),
+        measured(1, "seed_pattern", "plain", 500),
+        # Loaded later, when the machine runs at half speed: the floor is 2.5x the seed.
+        measured(1, "orm_floor", "seed_pattern", 625),
+        measured(1, "seed_pattern", "orm_floor", 250),
+    ]
+
+    plain, seed_pattern, orm_floor = summarize(measurements)
+
+    assert (plain.app, seed_pattern.app, orm_floor.app) == ("plain", "seed_pattern", "orm_floor")
+    assert orm_floor.vs_seed_pattern == 2.5
+    assert plain.vs_orm_floor == 2.0 / 2.5  # the ratio of medians would be 1000/625
+    assert orm_floor.vs_orm_floor == 1.0
+
+
 # wrk pads a latency in seconds with a space ("1.33s "), as it pads the units to one width.
 SLOW_REPORT = """\
 Running 3s test @ http://127.0.0.1:38997/cities/biggest?limit=20
