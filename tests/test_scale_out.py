@@ -154,7 +154,7 @@ def through_bouncer(bouncer: PgBouncer, project: Path) -> Iterator[str]:
 def test_served_through_pgbouncer_with_two_workers(
     project: Path, bouncer: PgBouncer, bouncing: Bouncing, through_bouncer: str, tmp_path: Path
 ) -> None:
-    """A race on one name, a few thousand mixed requests, then PgBouncer restarted mid-load."""
+    """A race on one name, 1,500 mixed requests, then PgBouncer restarted mid-load."""
     log = tmp_path / "server.log"
     env = {"DATABASE_URL": through_bouncer, "DB_POOLER": bouncing.pooler, **POOL}
     outcome: dict[str, collections.Counter[int]] = {}
@@ -166,7 +166,7 @@ def test_served_through_pgbouncer_with_two_workers(
             )
             outcome["race"] = statuses(race)
             mixed: list[Response] = []
-            for round_ in range(6):
+            for round_ in range(3):
                 mixed += await asyncio.gather(*mixed_load(client, 500, f"round {round_}"))
             outcome["mixed"] = statuses(mixed)
             during = mixed_load(client, 600, "restart")
@@ -184,7 +184,7 @@ def test_served_through_pgbouncer_with_two_workers(
     assert PREPARED_STATEMENT_ERROR not in text, text[-3000:]
     assert outcome["race"] == {201: 1, 409: 299}
     assert set(outcome["mixed"]) <= {200, 201}, outcome
-    assert sum(outcome["mixed"].values()) == 3000
+    assert sum(outcome["mixed"].values()) == 1500
     # Requests that met the restart get 503 at worst; afterwards, all is well again.
     assert set(outcome["during the restart"]) <= {200, 201, 503}, outcome
     assert set(outcome["after the restart"]) <= {200, 201}, outcome
