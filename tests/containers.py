@@ -14,7 +14,8 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Final
 
@@ -31,6 +32,9 @@ STANDIN_PACKAGES: Final = "python3,python3-venv,python3-pip,python-is-python3,ca
 CA_BUNDLE: Final = "/etc/ssl/certs/ca-certificates.crt"
 # Concurrent xdist workers, or suites, of this machine build the stand-in once.
 STANDIN_LOCK: Final = Path(tempfile.gettempdir()) / "cities-template-python-standin.lock"
+# podman's builds race each other, and removals of images, in its storage ("identifier is not a
+# container", "layer not known": buildah issue 5674, open): one at a time on this machine.
+BUILD_LOCK: Final = Path(tempfile.gettempdir()) / "cities-template-podman-build.lock"
 
 # Debian puts debootstrap in /usr/sbin, which is not on every user's PATH.
 SBIN_PATH: Final = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
@@ -86,19 +90,26 @@ def as_root(command: Sequence[str]) -> list[str]:
     return list(command) if os.geteuid() == 0 else ["sudo", "-n", *command]
 
 
-def standin_image(workdir: Path) -> tuple[str, float | None]:
-    """The stand-in base image's name, and how long building it took (None when it was there)."""
-    STANDIN_LOCK.touch(exist_ok=True)
-    with STANDIN_LOCK.open("r+") as lock:
+@contextmanager
+def machine_lock(path: Path) -> Iterator[None]:
+    """Hold the lock of file `path` (made if missing) against every process of this machine."""
+    path.touch(exist_ok=True)
+    with path.open("r+") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            if image_exists(STANDIN):
-                return STANDIN, None
-            start = time.monotonic()
-            _build_standin(workdir / "standin")
-            return STANDIN, time.monotonic() - start
+            yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def standin_image(workdir: Path) -> tuple[str, float | None]:
+    """The stand-in base image's name, and how long building it took (None when it was there)."""
+    with machine_lock(STANDIN_LOCK):
+        if image_exists(STANDIN):
+            return STANDIN, None
+        start = time.monotonic()
+        _build_standin(workdir / "standin")
+        return STANDIN, time.monotonic() - start
 
 
 def _build_standin(root: Path) -> None:

@@ -16,7 +16,7 @@ import pytest
 from bench.database import scratch_database
 from bench.projects import UV
 
-from .containers import CA_BUNDLE, podman, require_engine, standin_image
+from .containers import BUILD_LOCK, CA_BUNDLE, machine_lock, podman, require_engine, standin_image
 from .helpers import (
     PACKAGE,
     TEST_DATABASE_URL,
@@ -83,11 +83,13 @@ def built_image(variant: str, base_image: str, workdir: Path) -> Iterator[str]:
     args = ["build", "--network", "host", "--build-arg", f"PYTHON_IMAGE={base_image}"]
     if Path(CA_BUNDLE).exists():
         args += ["--volume", f"{CA_BUNDLE}:{CA_BUNDLE}:ro"]
-    podman([*args, "--tag", name, str(project)], timeout=600)
+    with machine_lock(BUILD_LOCK):
+        podman([*args, "--tag", name, str(project)], timeout=600)
     try:
         yield name
     finally:
-        podman(["rmi", "--force", name], check=False)
+        with machine_lock(BUILD_LOCK):
+            podman(["rmi", "--force", name], check=False)
 
 
 @contextmanager
