@@ -129,7 +129,7 @@ def test_a_column_added_with_alembic(
     run([*alembic, "downgrade", "-1"], project, env)
     assert table_columns() == {"id", "name", "population"}
     run([*alembic, "upgrade", "head"], project, env)
-    assert "country" in table_columns()
+    run([*alembic, "check"], project, env)
     # The user's revision is as clean as the project's own code, and the suite passes with it.
     run([UV, "run", "--no-sync", "ruff", "check"], project)
     run([UV, "run", "--no-sync", "ruff", "format", "--check"], project)
