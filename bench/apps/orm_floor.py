@@ -5,20 +5,21 @@ The template's own data path, bare: a read-only session on an autocommit engine 
 statement, one round trip: rows of the table's columns), a session in a transaction for the write
 (`add`, `commit`: `BEGIN`, `INSERT ... RETURNING`, `COMMIT`), the schema in the engine. No
 middleware (request ids, access log, metrics, body limit), no engine or session events (pre-ping,
-schema changes), one dependency per route; the garbage collector tuned as the template's `serve`
-tunes it (`core/garbage_collector.py`; untuned, this app ran at 1.35x the seed pattern instead of
-1.8x). What the template costs above this, its own features cost; what this costs above
-raw_asyncpg, SQLAlchemy's session does. Environment: `BENCH_DATABASE_URL` (a
-`postgresql+asyncpg://` URL), `BENCH_SCHEMA`, `BENCH_POOL_SIZE` (connections).
+schema changes), one dependency per route; the garbage collector tuned by the template's own
+`tuned_for_serving` (`core/garbage_collector.py`, importable in the rendered project's virtualenv
+that serves this app; untuned, this app ran at 1.35x the seed pattern instead of 1.8x). What the
+template costs above this, its own features cost; what this costs above raw_asyncpg,
+SQLAlchemy's session does. Environment: `BENCH_DATABASE_URL` (a `postgresql+asyncpg://` URL),
+`BENCH_SCHEMA`, `BENCH_POOL_SIZE` (connections).
 """
 
-import gc
 import os
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 from cities import City, CityCreate, CityRead
+from cities_service.core.garbage_collector import tuned_for_serving
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, status
 from sqlalchemy import Row, bindparam, select
 from sqlalchemy.exc import IntegrityError
@@ -44,10 +45,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.read_sessionmaker = async_sessionmaker(
         engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False
     )
-    gc.freeze()
-    gc.set_threshold(10_000, *gc.get_threshold()[1:])
     try:
-        yield
+        with tuned_for_serving():
+            yield
     finally:
         await engine.dispose()
 
