@@ -17,7 +17,7 @@ from bench.pgbouncer import (
 from bench.pgbouncer_build import cache_root
 from bench.projects import UV
 
-from .helpers import VARIANTS, render, run
+from .helpers import VARIANTS, machine_lock, render, run
 
 
 @pytest.fixture(scope="session")
@@ -42,14 +42,23 @@ def project(request: pytest.FixtureRequest, installed_variant: Callable[[str], P
 
 
 @pytest.fixture(scope="session")
-def mypy_cache() -> Path:
-    """A mypy cache kept on the machine from run to run, beside PgBouncer's build: the variants
-    share their third-party modules' analysis (uv links the same files into every virtualenv),
-    which a cold cache spent 10 s of each worker's first check redoing. mypy checks each entry
-    against its file, and replaces entries atomically, so the two workers share it."""
-    path = cache_root() / "mypy"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+def type_check(worker_id: str) -> Callable[[Path], None]:
+    """Run mypy in a rendered project, with a cache kept on the machine from run to run beside
+    PgBouncer's build: the variants share their third-party modules' analysis (uv links the same
+    files into every virtualenv), which a cold cache spent 10 s of each check redoing.
+
+    Each xdist worker has a cache of its own, and holds its lock while mypy runs. mypy writes an
+    entry's data and then its metadata, and trusts the data if its mtime, in whole seconds,
+    matches: two processes writing one cache can leave one variant's metadata over the other's
+    data, and a check then reads a `Database` without the attributes it has (CI, stop 28)."""
+    cache = cache_root() / "mypy" / worker_id
+    cache.mkdir(parents=True, exist_ok=True)
+
+    def check(project: Path) -> None:
+        with machine_lock(cache / ".lock"):
+            run([UV, "run", "--no-sync", "mypy"], project, {"MYPY_CACHE_DIR": str(cache)})
+
+    return check
 
 
 # A PgBouncer >= 1.21 to use instead of building 1.24.1: the template's GitHub workflow gives

@@ -8,18 +8,18 @@ CA bundle, so that uv trusts the host's bundle mounted there at build time. Noth
 the rendered Dockerfile.
 """
 
-import fcntl
 import os
 import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
 import pytest
+
+from .helpers import machine_lock
 
 # Debian's podman runs here with runc and the cgroupfs manager only (crun fails on the hybrid
 # cgroup v1); `.ci/run` also sets `default_ulimits = []` in /etc/containers/containers.conf.
@@ -88,18 +88,6 @@ def image_exists(name: str) -> bool:
 def as_root(command: Sequence[str]) -> list[str]:
     """`command` as root: directly when we are root, else through sudo without a password."""
     return list(command) if os.geteuid() == 0 else ["sudo", "-n", *command]
-
-
-@contextmanager
-def machine_lock(path: Path) -> Iterator[None]:
-    """Hold the lock of file `path` (made if missing) against every process of this machine."""
-    path.touch(exist_ok=True)
-    with path.open("r+") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def standin_image(workdir: Path) -> tuple[str, float | None]:

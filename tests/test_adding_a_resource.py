@@ -5,7 +5,7 @@ through PgBouncer."""
 
 import re
 import textwrap
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,7 +96,7 @@ def database_of(variant: str) -> Iterator[dict[str, str]]:
     "variant", [variant_param("sqlite-plain"), variant_param("postgresql-scoped-schema")]
 )
 def test_the_readme_walk_to_a_second_resource(
-    variant: str, tmp_path: Path, mypy_cache: Path, request: pytest.FixtureRequest
+    variant: str, tmp_path: Path, type_check: Callable[[Path], None], request: pytest.FixtureRequest
 ) -> None:
     project = render(tmp_path / "project", **VARIANTS[variant])
     run([UV, "sync", "--quiet"], project)
@@ -117,7 +117,7 @@ def test_the_readme_walk_to_a_second_resource(
 
     run([UV, "run", "--no-sync", "ruff", "check"], project)
     run([UV, "run", "--no-sync", "ruff", "format", "--check"], project)
-    run([UV, "run", "--no-sync", "mypy"], project, {"MYPY_CACHE_DIR": str(mypy_cache)})
+    type_check(project)
     pytest_args = [UV, "run", "--no-sync", "pytest", "-p", "no:cacheprovider"]
     # The SQLite walk runs the suite on SQLite; this one on PostgreSQL, then through PgBouncer.
     on_postgresql = {"TEST_DATABASE_URL": TEST_DATABASE_URL} if "postgresql" in variant else {}

@@ -16,12 +16,13 @@ import pytest
 from bench.database import scratch_database
 from bench.projects import UV
 
-from .containers import BUILD_LOCK, CA_BUNDLE, machine_lock, podman, require_engine, standin_image
+from .containers import BUILD_LOCK, CA_BUNDLE, podman, require_engine, standin_image
 from .helpers import (
     PACKAGE,
     TEST_DATABASE_URL,
     VARIANTS,
     free_port,
+    machine_lock,
     render,
     requires_postgresql,
     run,

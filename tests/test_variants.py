@@ -36,8 +36,8 @@ def test_lint(project: Path) -> None:
     run([UV, "run", "--no-sync", "ruff", "format", "--check"], project)
 
 
-def test_types(project: Path, mypy_cache: Path) -> None:
-    run([UV, "run", "--no-sync", "mypy"], project, {"MYPY_CACHE_DIR": str(mypy_cache)})
+def test_types(project: Path, type_check: Callable[[Path], None]) -> None:
+    type_check(project)
 
 
 def test_suite_on_sqlite(project: Path) -> None:
