@@ -100,9 +100,18 @@ class Server:
         `SIGCONT`: a server that stops answering, then answers again). Each backend has a
         session of its own: `killpg` would reach the postmaster alone."""
         postmaster = int((self.data / "postmaster.pid").read_text().split()[0])
-        os.kill(postmaster, signum)  # first: stopped, it starts no process that we would miss
-        for pid in _children(postmaster):
-            os.kill(pid, signum)
+        if signum == signal.SIGCONT:
+            # Last: while it is stopped, it reaps no child, so every pid listed is still there.
+            pids = [*_children(postmaster), postmaster]
+        else:
+            # First: stopped, it starts no process that we would miss.
+            pids = [postmaster, *_children(postmaster)]
+        for pid in pids:
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:  # a child that has ended and been reaped since the listing
+                if pid == postmaster:
+                    raise
 
     def fetch(self, query: str, *args: object, database: str = "postgres") -> list[asyncpg.Record]:
         return asyncio.run(fetch(self.url(database), query, *args))
