@@ -97,7 +97,7 @@ def ensure(version: str = VERSION, root: Path | None = None, *, force: bool = Fa
     if not force and (binary := cached(version, root)):
         return binary
     root.mkdir(parents=True, exist_ok=True)
-    with _locked(root / f"pgbouncer-{version}.lock"):
+    with machine_lock(root / f"pgbouncer-{version}.lock"):
         # Another process may have built it while this one waited.
         if not force and (binary := cached(version, root)):
             return binary
@@ -105,7 +105,8 @@ def ensure(version: str = VERSION, root: Path | None = None, *, force: bool = Fa
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def machine_lock(path: Path) -> Iterator[None]:
+    """Hold the lock of file `path` (made if missing) against every process of this machine."""
     with path.open("a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:

@@ -14,10 +14,10 @@ from bench.pgbouncer import (
     pgbouncer_binary,
     pgbouncer_version,
 )
-from bench.pgbouncer_build import cache_root
+from bench.pgbouncer_build import cache_root, machine_lock
 from bench.projects import UV
 
-from .helpers import VARIANTS, machine_lock, render, run
+from .helpers import VARIANTS, render, run
 
 
 @pytest.fixture(scope="session")

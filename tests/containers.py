@@ -19,7 +19,7 @@ from typing import Final
 
 import pytest
 
-from .helpers import machine_lock
+from bench.pgbouncer_build import machine_lock
 
 # Debian's podman runs here with runc and the cgroupfs manager only (crun fails on the hybrid
 # cgroup v1); `.ci/run` also sets `default_ulimits = []` in /etc/containers/containers.conf.

@@ -1,6 +1,5 @@
 """Helpers for the template's tests: render the working tree with Copier, run the result's tools."""
 
-import fcntl
 import os
 import signal
 import socket
@@ -76,18 +75,6 @@ def run(
         f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
     )
     return result
-
-
-@contextmanager
-def machine_lock(path: Path) -> Iterator[None]:
-    """Hold the lock of file `path` (made if missing) against every process of this machine."""
-    path.touch(exist_ok=True)
-    with path.open("r+") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 @contextmanager

@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from bench.database import scratch_database
+from bench.pgbouncer_build import machine_lock
 from bench.projects import UV
 
 from .containers import BUILD_LOCK, CA_BUNDLE, podman, require_engine, standin_image
@@ -22,7 +23,6 @@ from .helpers import (
     TEST_DATABASE_URL,
     VARIANTS,
     free_port,
-    machine_lock,
     render,
     requires_postgresql,
     run,
