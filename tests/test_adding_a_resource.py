@@ -135,3 +135,26 @@ def test_the_readme_walk_to_a_second_resource(
     with pgbouncer(binary, TEST_DATABASE_URL, pool_size=3) as bouncer:
         through = {"TEST_DATABASE_URL": bouncer.url, "DB_POOLER": "pgbouncer"}
         assert " passed" in run(pytest_args, project, through).stdout
+
+
+# A file named in the project's text: `core/config.py`, `src/cities_service/models.py`, `env.py`.
+NAMED_FILE = re.compile(r"[\w./{}-]*\w\.py\b")
+
+
+@pytest.mark.parametrize("variant", ["sqlite-plain", "postgresql-scoped-schema"])
+def test_every_file_that_the_project_names_is_there(variant: str, tmp_path: Path) -> None:
+    """What the README, `.env`, comments and docstrings point a user to exists, but for the files
+    that the README's walk has them create (a module moved into `core/` once left `.env`
+    naming the old place)."""
+    project = render(tmp_path / "project", **VARIANTS[variant])
+    made_by_the_walk = {step.path for step in readme_steps((project / "README.md").read_text())}
+    files = [path for path in project.rglob("*") if path.is_file()]
+    modules = [path.relative_to(project).as_posix() for path in files if path.suffix == ".py"]
+    missing = set()
+    for path in files:
+        for name in NAMED_FILE.findall(path.read_text()):
+            if name not in made_by_the_walk and not any(
+                module == name or module.endswith(f"/{name}") for module in modules
+            ):
+                missing.add(f"{path.relative_to(project)}: {name}")
+    assert sorted(missing) == []
