@@ -96,22 +96,19 @@ class Server:
         _run([str(self.bindir / "pg_ctl"), "stop", "-w", "-m", mode, "-D", str(self.data)])
 
     def send_signal(self, signum: signal.Signals) -> None:
-        """Send `signum` to its postmaster, then to every process that it started (`SIGSTOP` and
+        """Send `signum` to its postmaster and to every process that it started (`SIGSTOP` and
         `SIGCONT`: a server that stops answering, then answers again). Each backend has a
         session of its own: `killpg` would reach the postmaster alone."""
         postmaster = int((self.data / "postmaster.pid").read_text().split()[0])
         if signum == signal.SIGCONT:
-            # Last: while it is stopped, it reaps no child, so every pid listed is still there.
+            # Last: while it is stopped, it reaps no child, so every pid listed is still there
+            # (resumed first, it once reaped one before we signalled it: ProcessLookupError).
             pids = [*_children(postmaster), postmaster]
         else:
             # First: stopped, it starts no process that we would miss.
             pids = [postmaster, *_children(postmaster)]
-        for pid in pids:
-            try:
-                os.kill(pid, signum)
-            except ProcessLookupError:  # a child that has ended and been reaped since the listing
-                if pid == postmaster:
-                    raise
+        for pid in pids:  # a child that ends meanwhile stays a zombie, unreaped: it takes a signal
+            os.kill(pid, signum)
 
     def fetch(self, query: str, *args: object, database: str = "postgres") -> list[asyncpg.Record]:
         return asyncio.run(fetch(self.url(database), query, *args))

@@ -50,7 +50,7 @@ def type_check(worker_id: str) -> Callable[[Path], None]:
     Each xdist worker has a cache of its own, and holds its lock while mypy runs. mypy writes an
     entry's data and then its metadata, and trusts the data if its mtime, in whole seconds,
     matches: two processes writing one cache can leave one variant's metadata over the other's
-    data, and a check then reads a `Database` without the attributes it has (CI, stop 28)."""
+    data, and a check then reads a `Database` without the attributes it has (seen once in CI)."""
     cache = cache_root() / "mypy" / worker_id
     cache.mkdir(parents=True, exist_ok=True)
 
