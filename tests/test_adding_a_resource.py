@@ -128,7 +128,7 @@ def test_the_readme_walk_to_a_second_resource(
         assert unexpected_skips(tested) == []
     assert "tests/test_landmarks.py::test_deleting_a_city_deletes_its_landmarks PASSED" in tested
     assert "tests/test_jobs.py::test_births_grow_the_city_after_the_response PASSED" in tested
-    if "postgresql" not in variant:
+    if not on_postgresql:
         return
     pytest_args.append("-q")
     binary = request.getfixturevalue("packaged_pgbouncer")
